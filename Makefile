@@ -1,0 +1,34 @@
+# Everything a user needs: `make up` runs the system, `make test` installs and passes the tests.
+export UV_PYTHON_DOWNLOADS := never
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+
+.PHONY: up test check lint typecheck bench install clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+install: $(UV)
+	$(UV) sync --frozen
+
+up: install
+	$(UV) run --frozen maestro up
+
+test: install
+	$(UV) run --frozen pytest
+
+lint: install
+	$(UV) run --frozen ruff check src tests bench
+	$(UV) run --frozen ruff format --check src tests bench
+
+typecheck: install
+	$(UV) run --frozen mypy
+
+check: lint typecheck test
+
+bench: install
+	$(UV) run --frozen python bench/engine.py
+
+clean:
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
