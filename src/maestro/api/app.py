@@ -1,0 +1,48 @@
+"""FastAPI application factory. Wiring happens in the lifespan, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+
+from maestro.api.errors import install_error_handlers
+from maestro.api.middleware import RequestContextMiddleware
+from maestro.api.routers import api_keys, dlq, executions, health, human_tasks, workflows
+from maestro.db.queries import sql
+from maestro.engine.compiled import WorkflowCache
+from maestro.settings import Settings
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
+    """Build the API around an existing pool (the caller owns its lifecycle)."""
+
+    async def load_version(tenant: str, workflow_id: Any, version: int) -> Mapping[str, Any]:
+        async with pool.acquire() as conn:
+            definition = await conn.fetchval(sql("load_version"), tenant, workflow_id, version)
+        if definition is None:
+            raise LookupError(version)
+        return definition  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = pool
+        app.state.known_tenants = set()
+        app.state.compiled = WorkflowCache(load_version)
+        yield
+
+    app = FastAPI(
+        title="Maestro Composer",
+        version="0.1.0",
+        description="Durable workflow orchestration on PostgreSQL.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, workflows, executions, dlq, human_tasks, api_keys):
+        app.include_router(module.router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

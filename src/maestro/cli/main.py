@@ -1,0 +1,102 @@
+"""The `maestro` command: up, api, worker, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from maestro.api.auth import ROLES, issue_token
+from maestro.settings import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maestro", description="Maestro Composer server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="everything in one process, embedded PostgreSQL by default")
+    api = sub.add_parser("api", help="the HTTP API")
+    for p in (up, api):
+        p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    worker = sub.add_parser("worker", help="a worker that runs steps")
+    for p in (api, worker):
+        p.add_argument("--health-port", type=int, default=None,
+                       help="serve /healthz and /readyz on this port (off by default)")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    token = sub.add_parser("token", help="print a JWT for development and tests")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--roles", default="admin", help=f"comma-separated: {', '.join(ROLES)}")
+    token.add_argument("--sub", default="cli", help="subject (who the token is for)")
+    token.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default 1 day)")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"maestro: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return _dispatch(args, settings)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from maestro import runtime
+    from maestro.observability.logging import configure_logging
+
+    if args.command == "token":
+        roles = [r for r in args.roles.split(",") if r]
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown:
+            return _fail(f"unknown role {unknown[0]!r}; use {', '.join(ROLES)}")
+        secret = runtime.resolve_jwt_secret(settings, generate=False)
+        print(issue_token(secret, subject=args.sub, tenant=args.tenant, roles=roles, ttl=args.ttl))
+        return 0
+
+    configure_logging(settings.log_level)
+    if args.command == "migrate":
+        if not settings.database_url:
+            return _fail("set DATABASE_URL (or MAESTRO_DATABASE_URL) to the database to migrate")
+        applied = asyncio.run(runtime.run_migrations(settings.database_url))
+        print(f"applied migrations: {applied or 'none (up to date)'}")
+        return 0
+
+    if args.command == "up":
+        host = args.host or settings.host
+        port = args.port or settings.port
+        secret = runtime.resolve_jwt_secret(settings, generate=True)
+        settings = settings.model_copy(update={"jwt_secret": secret})
+        with runtime.database(settings) as dsn:
+            token = issue_token(secret, subject="admin", tenant="default", roles=["admin"], ttl=30 * 86_400)
+            token_path = settings.data_dir / runtime.ADMIN_TOKEN_FILE
+            token_path.write_text(token + "\n", encoding="utf-8")
+            token_path.chmod(0o600)
+            print(f"Maestro Composer is starting on http://{host}:{port}", flush=True)
+            print(f"Admin token (tenant 'default', also in {token_path}):\n{token}", flush=True)
+            asyncio.run(runtime.serve(settings, dsn, runtime.Processes(api=True, worker=True, host=host, port=port)))
+        return 0
+
+    if not settings.database_url:
+        return _fail("set DATABASE_URL to the PostgreSQL server shared by api and worker processes")
+    if args.command == "api":
+        secret = runtime.resolve_jwt_secret(settings, generate=False)
+        settings = settings.model_copy(update={"jwt_secret": secret})
+        what = runtime.Processes(api=True, worker=False, host=args.host or settings.host,
+                                 port=args.port or settings.port, health_port=args.health_port)
+    else:
+        what = runtime.Processes(api=False, worker=True, host=settings.host, health_port=args.health_port)
+    asyncio.run(runtime.serve(settings, settings.database_url, what))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Creating executions: the execution row, its step runs and NOTIFY, in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from maestro.db.queries import sql
+from maestro.engine.compiled import CompiledWorkflow
+
+_SEP = "\x1f"
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was used before with a different request."""
+
+    def __init__(self, execution_id: uuid.UUID) -> None:
+        super().__init__(str(execution_id))
+        self.execution_id = execution_id
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    execution_id: uuid.UUID
+    status: str
+    created: bool
+
+
+def request_hash(workflow_id: uuid.UUID, body: Any) -> str:
+    canonical = orjson.dumps(
+        {"workflowId": str(workflow_id), "body": body}, option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def create_execution(
+    conn: asyncpg.Connection,
+    *,
+    tenant: str,
+    workflow_id: uuid.UUID,
+    version: int,
+    workflow: CompiledWorkflow,
+    input: Any,
+    trigger: dict[str, Any],
+    correlation_id: str | None,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> Enqueued:
+    """Create an execution with its step runs; the caller must not be in a transaction."""
+    execution_id = uuid.uuid4()
+    async with conn.transaction():
+        if idempotency_key is not None:
+            assert body_hash is not None
+            won = await conn.fetchval(
+                sql("claim_idempotency_key"), tenant, idempotency_key, body_hash, execution_id
+            )
+            if won is None:
+                found = await conn.fetchrow(sql("find_idempotency_key"), tenant, idempotency_key)
+                assert found is not None
+                if found["request_hash"] != body_hash:
+                    raise IdempotencyKeyReused(found["execution_id"])
+                return Enqueued(found["execution_id"], found["status"], created=False)
+        await conn.execute(
+            sql("insert_execution"),
+            tenant,
+            execution_id,
+            workflow_id,
+            version,
+            trigger,
+            input,
+            correlation_id,
+            len(workflow.steps),
+        )
+        steps = [workflow.steps[sid] for sid in workflow.order]
+        await conn.execute(
+            sql("insert_step_runs"),
+            tenant,
+            execution_id,
+            [s.id for s in steps],
+            [s.type for s in steps],
+            [_SEP.join(s.dependents) for s in steps],
+            [len(s.needs) for s in steps],
+            [s.is_leaf for s in steps],
+            [s.max_attempts for s in steps],
+        )
+        await conn.execute(
+            sql("log_execution_event"),
+            tenant,
+            execution_id,
+            "info",
+            "execution_created",
+            f"execution created by {trigger.get('type', 'api')} trigger "
+            f"(workflow version {version}, {len(steps)} steps)",
+            {"trigger": trigger.get("type")},
+            correlation_id,
+        )
+        await conn.execute(sql("notify_steps"))
+    return Enqueued(execution_id, "queued", created=True)

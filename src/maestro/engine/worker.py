@@ -1,0 +1,460 @@
+"""The worker: claims ready steps in batches, runs them, records results in batches.
+
+Claims and completions each take one round trip for many steps (DESIGN §2 hot-path
+discipline). While one batch of results is being recorded the next one accumulates, so the
+batch size adapts to the load by itself. A completion that makes new steps ready claims them
+for this worker in the same transaction, so a chain of steps never waits on NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from maestro.db.queries import sql
+from maestro.engine.compiled import CompiledStep, WorkflowCache
+from maestro.engine.retry import ErrorClass, StepError, next_retry_delay
+from maestro.engine.steps import (
+    BUILTIN_HANDLERS,
+    Handler,
+    HumanTaskRequest,
+    StepContext,
+    Suspend,
+)
+from maestro.engine.templating import TemplateRenderError, is_truthy
+
+log = structlog.get_logger("maestro.worker")
+
+_INFINITY = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 64
+    claim_batch_size: int = 64
+    lease_seconds: float = 30.0
+    poll_interval_seconds: float = 1.0
+    shutdown_grace_seconds: float = 30.0
+    worker_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    id: int
+    attempt: int
+    outcome: str  # succeeded | skipped | retry | dead | suspend
+    output: Any = None
+    error: dict[str, Any] | None = None
+    run_at: datetime | None = None
+    state: dict[str, Any] | None = None
+    duration_ms: float = 0.0
+    human_task: HumanTaskRequest | None = None
+    # (tenant, execution id, step id) of the step that asked for the human task.
+    owner: tuple[str, uuid.UUID, str] | None = None
+
+
+class _RetryPolicy:
+    __slots__ = ("initial_delay_seconds", "max_attempts", "max_delay_seconds")
+
+    def __init__(self, step: CompiledStep) -> None:
+        self.max_attempts = step.max_attempts
+        self.initial_delay_seconds = step.initial_delay_seconds
+        self.max_delay_seconds = step.max_delay_seconds
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        config: WorkerConfig,
+        handlers: Mapping[str, Handler] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._config = config
+        self._handlers = dict(BUILTIN_HANDLERS if handlers is None else handlers)
+        self.worker_id = config.worker_id or default_worker_id()
+        self._cache = WorkflowCache(self._load_version)
+        self._inflight: dict[int, tuple[asyncio.Task[None], Any]] = {}
+        self._lost: set[int] = set()
+        self._results: list[_Outcome] = []
+        self._results_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._next_due: float | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self.ready = asyncio.Event()
+        self.steps_finished = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._listener = await asyncpg.connect(self._dsn)
+        await self._listener.add_listener("maestro_steps", self._on_notify)
+        await self._listener.add_listener("maestro_execution_finished", self._on_finished)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="maestro-claim"),
+            asyncio.create_task(self._flush_loop(), name="maestro-flush"),
+            asyncio.create_task(self._heartbeat_loop(), name="maestro-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="maestro-reaper"),
+        ]
+        self.ready.set()
+        log.info("worker_started", worker_id=self.worker_id, concurrency=self._config.concurrency)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called (e.g. from a signal handler)."""
+        await self.start()
+        await self._stopping.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop claiming, let in-flight steps finish within the grace period, release the rest."""
+        self._stopping.set()
+        self._wake.set()
+        claim = self._loops[0] if self._loops else None
+        if claim is not None:
+            claim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim
+        tasks = [t for t, _ in self._inflight.values()]
+        if tasks:
+            log.info("worker_draining", in_flight=len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace_seconds)
+            unfinished = [sid for sid, (t, _) in list(self._inflight.items()) if t in pending]
+            for sid in unfinished:
+                self._lost.add(sid)
+                self._inflight[sid][0].cancel()
+            if pending:
+                await asyncio.wait(pending)
+            if unfinished:
+                async with self._pool.acquire() as conn:
+                    released = await conn.fetch(sql("release_steps"), self.worker_id, unfinished)
+                    await conn.execute(sql("notify_steps"))
+                log.info("worker_released_steps", released=len(released))
+        # Record what finished, then stop the background loops.
+        while self._results:
+            await self._flush_once(claim_limit=0)
+        for task in self._loops[1:]:
+            task.cancel()
+        for task in self._loops[1:]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._listener is not None:
+            await self._listener.close()
+        log.info("worker_stopped", worker_id=self.worker_id, steps_finished=self.steps_finished)
+
+    # ----------------------------------------------------------------- notifications
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    def _on_finished(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # A cancelled execution may have steps running here: check our leases now.
+        if any(str(ctx.execution_id) == payload for _, ctx in self._inflight.values()):
+            asyncio.get_running_loop().create_task(self._heartbeat_once())
+
+    # ----------------------------------------------------------------- claiming
+
+    async def _claim_loop(self) -> None:
+        cfg = self._config
+        while not self._stopping.is_set():
+            free = cfg.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            want = min(free, cfg.claim_batch_size)
+            try:
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(
+                        sql("claim_steps"), self.worker_id, want, cfg.lease_seconds
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("claim_failed", error=str(exc))
+                await self._sleep_or_wake(cfg.poll_interval_seconds)
+                continue
+            for row in rows:
+                self._start_step(row)
+            if len(rows) < want:
+                await self._sleep_or_wake(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        timeout = self._config.poll_interval_seconds
+        if self._next_due is not None:
+            until_due = self._next_due - time.monotonic()
+            if until_due <= timeout:
+                self._next_due = None
+                timeout = max(until_due, 0.0)
+        return timeout
+
+    async def _sleep_or_wake(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    def _start_step(self, row: asyncpg.Record) -> None:
+        ctx = StepContext(
+            tenant=row["tenant_id"],
+            execution_id=row["execution_id"],
+            workflow_id=row["workflow_id"],
+            step_id=row["step_id"],
+            step_type=row["step_type"],
+            attempt=row["attempts"],
+            correlation_id=row["correlation_id"],
+            state=row["state"],
+        )
+        task = asyncio.create_task(self._run_step(row, ctx))
+        self._inflight[row["id"]] = (task, ctx)
+
+    # ----------------------------------------------------------------- running
+
+    async def _run_step(self, row: asyncpg.Record, ctx: StepContext) -> None:
+        structlog.contextvars.bind_contextvars(
+            tenant=ctx.tenant,
+            execution_id=str(ctx.execution_id),
+            step_id=ctx.step_id,
+            correlation_id=ctx.correlation_id,
+        )
+        started = time.perf_counter()
+        outcome: _Outcome | None = None
+        step: CompiledStep | None = None
+        try:
+            workflow = await self._cache.get(ctx.tenant, ctx.workflow_id, row["workflow_version"])
+            step = workflow.steps[ctx.step_id]
+            outcome = await self._execute(row, ctx, step)
+        except asyncio.CancelledError:
+            # Lost lease, cancelled execution, or shutdown: whoever cancelled us owns the row.
+            outcome = None
+        except StepError as exc:
+            outcome = self._failure(row, step, exc)
+        except Exception as exc:  # a bug in a handler must not kill the worker
+            log.error("step_crashed", error=repr(exc), traceback=traceback.format_exc())
+            outcome = self._failure(
+                row, step, StepError(ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}")
+            )
+        finally:
+            self._inflight.pop(row["id"], None)
+            self._lost.discard(row["id"])
+            self._slot_free.set()
+        if outcome is not None:
+            outcome.duration_ms = (time.perf_counter() - started) * 1000
+            self._results.append(outcome)
+            self._results_ready.set()
+
+    async def _execute(self, row: asyncpg.Record, ctx: StepContext, step: CompiledStep) -> _Outcome:
+        handler = self._handlers.get(step.type)
+        if handler is None:
+            raise StepError(ErrorClass.VALIDATION, f"no handler for step type {step.type!r}")
+        context = await self._template_context(row, ctx, step)
+        try:
+            if step.condition is not None and ctx.state is None:
+                if not is_truthy(step.condition.render(context)):
+                    return _Outcome(row["id"], ctx.attempt, "skipped", output=None)
+            config = step.config.render(context)
+        except TemplateRenderError as exc:
+            raise StepError(ErrorClass.VALIDATION, str(exc)) from None
+        try:
+            async with asyncio.timeout(step.timeout_seconds):
+                result = await handler(ctx, config)
+        except TimeoutError:
+            raise StepError(
+                ErrorClass.TIMEOUT, f"step did not finish within {step.timeout_seconds:g}s"
+            ) from None
+        if isinstance(result, Suspend):
+            return _Outcome(
+                row["id"],
+                ctx.attempt,
+                "suspend",
+                state=result.state,
+                run_at=result.until or _INFINITY,
+                human_task=result.human_task,
+                owner=(ctx.tenant, ctx.execution_id, ctx.step_id),
+            )
+        return _Outcome(row["id"], ctx.attempt, "succeeded", output=result)
+
+    async def _template_context(
+        self, row: asyncpg.Record, ctx: StepContext, step: CompiledStep
+    ) -> dict[str, Any]:
+        steps: dict[str, Any] = {}
+        if step.uses_step_outputs:
+            async with self._pool.acquire() as conn:
+                for r in await conn.fetch(sql("load_step_outputs"), ctx.tenant, ctx.execution_id):
+                    steps[r["step_id"]] = {"output": r["output"]}
+        return {
+            "input": row["input"],
+            "trigger": row["trigger"],
+            "execution": {
+                "id": str(ctx.execution_id),
+                "workflowId": str(ctx.workflow_id),
+                "workflowVersion": row["workflow_version"],
+                "attempt": ctx.attempt,
+                "idempotencyKey": ctx.idempotency_key,
+                "stepId": ctx.step_id,
+            },
+            "steps": steps,
+        }
+
+    def _failure(self, row: asyncpg.Record, step: CompiledStep | None, exc: StepError) -> _Outcome:
+        error = {"class": str(exc.error_class), "message": exc.message}
+        attempt = row["attempts"]
+        delay = None if step is None else next_retry_delay(_RetryPolicy(step), attempt, exc)
+        log.warning(
+            "step_failed",
+            error_class=str(exc.error_class),
+            message=exc.message,
+            attempt=attempt,
+            retry_in=delay,
+        )
+        if delay is None:
+            return _Outcome(row["id"], attempt, "dead", error=error)
+        due = time.monotonic() + delay
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
+        self._wake.set()
+        return _Outcome(
+            row["id"],
+            attempt,
+            "retry",
+            error=error,
+            run_at=datetime.now(UTC) + timedelta(seconds=delay),
+        )
+
+    # ----------------------------------------------------------------- recording
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            while self._results:
+                free = self._config.concurrency - len(self._inflight)
+                limit = (
+                    0
+                    if self._stopping.is_set()
+                    else max(0, min(free, self._config.claim_batch_size))
+                )
+                try:
+                    await self._flush_once(limit)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # Results stay buffered; the lease keeps the steps ours until we retry.
+                    log.warning("complete_failed", error=str(exc))
+                    await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
+
+    async def _flush_once(self, claim_limit: int) -> None:
+        batch, self._results = self._results, []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                tasks = [o for o in batch if o.human_task is not None]
+                if tasks:
+                    await self._insert_human_tasks(conn, tasks)
+                rows = await conn.fetch(
+                    sql("complete_steps"),
+                    self.worker_id,
+                    [o.id for o in batch],
+                    [o.attempt for o in batch],
+                    [o.outcome for o in batch],
+                    [o.output for o in batch],
+                    [o.error for o in batch],
+                    [o.run_at for o in batch],
+                    [o.state for o in batch],
+                    [o.duration_ms for o in batch],
+                    claim_limit,
+                    self._config.lease_seconds,
+                )
+        except BaseException:
+            self._results[:0] = batch
+            raise
+        self.steps_finished += len(batch)
+        for row in rows:
+            self._start_step(row)
+
+    async def _insert_human_tasks(self, conn: asyncpg.Connection, batch: list[_Outcome]) -> None:
+        rows = []
+        for o in batch:
+            assert o.human_task is not None and o.owner is not None
+            task = o.human_task
+            rows.append((*o.owner, task.id, task.title, task.description, task.assignees))
+        tenants, executions, step_ids, ids, titles, descriptions, assignees = zip(
+            *rows, strict=True
+        )
+        await conn.execute(
+            sql("insert_human_tasks"),
+            list(tenants),
+            list(ids),
+            list(executions),
+            list(step_ids),
+            list(titles),
+            list(descriptions),
+            list(assignees),
+        )
+
+    # ----------------------------------------------------------------- leases
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+
+    async def _heartbeat_once(self) -> None:
+        ids = list(self._inflight)
+        if not ids:
+            return
+        async with self._pool.acquire() as conn:
+            kept = {
+                r["id"]
+                for r in await conn.fetch(
+                    sql("heartbeat"), self.worker_id, ids, self._config.lease_seconds
+                )
+            }
+        for sid in ids:
+            if sid not in kept and sid in self._inflight:
+                # Cancelled, or reclaimed by another worker after our lease expired.
+                self._lost.add(sid)
+                self._inflight[sid][0].cancel()
+                log.info("step_abandoned", step_run_id=sid)
+
+    async def _reaper_loop(self) -> None:
+        interval = max(0.5, self._config.lease_seconds / 2)
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.fetchval(sql("reap_expired_leases"), 100)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reaper_failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    # ----------------------------------------------------------------- loading
+
+    async def _load_version(self, tenant: str, workflow_id: Any, version: int) -> Mapping[str, Any]:
+        async with self._pool.acquire() as conn:
+            definition = await conn.fetchval(sql("load_version"), tenant, workflow_id, version)
+        if definition is None:
+            raise StepError(ErrorClass.NOT_FOUND, f"workflow version {version} not found")
+        return definition  # type: ignore[no-any-return]

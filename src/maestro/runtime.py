@@ -1,0 +1,150 @@
+"""Composition root: database, migrations, API server, worker, and their lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+import uvicorn
+
+from maestro.api.app import create_app
+from maestro.db.embedded import EmbeddedPostgres
+from maestro.db.migrate import migrate
+from maestro.db.pool import connect, create_pool
+from maestro.engine.worker import Worker, WorkerConfig
+from maestro.observability.health_server import serve_health
+from maestro.settings import Settings, SettingsError
+
+log = structlog.get_logger("maestro")
+
+JWT_SECRET_FILE = "jwt-secret"
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def resolve_jwt_secret(settings: Settings, *, generate: bool) -> str:
+    """The configured secret, else the one `up` keeps in the data dir (generated if asked)."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = settings.data_dir / JWT_SECRET_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    if not generate:
+        raise SettingsError(
+            "MAESTRO_JWT_SECRET is not set (nor MAESTRO_JWT_SECRET_FILE), and "
+            f"{path} does not exist; set one with e.g. MAESTRO_JWT_SECRET=$(openssl rand -hex 32)"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    path.write_text(secret + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return secret
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield a DSN: DATABASE_URL when set, else an embedded server under the data dir."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = EmbeddedPostgres(settings.data_dir.resolve())
+    dsn = embedded.start()
+    try:
+        yield dsn
+    finally:
+        embedded.stop()
+
+
+async def run_migrations(dsn: str) -> list[int]:
+    conn = await connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        concurrency=settings.worker_concurrency,
+        claim_batch_size=settings.claim_batch_size,
+        lease_seconds=settings.lease_seconds,
+        poll_interval_seconds=settings.poll_interval_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        worker_id=settings.worker_id,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after serving, which would skip our graceful worker drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Processes:
+    api: bool
+    worker: bool
+    host: str = "127.0.0.1"
+    port: int = 8080
+    health_port: int | None = None
+
+
+async def serve(settings: Settings, dsn: str, what: Processes) -> None:
+    """Run the API and/or a worker until SIGTERM/SIGINT, then shut down gracefully."""
+    await run_migrations(dsn)
+    pool: asyncpg.Pool = await create_pool(dsn, max_size=settings.db_pool_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    worker: Worker | None = None
+    server: _Server | None = None
+    health: asyncio.AbstractServer | None = None
+    try:
+        if what.worker:
+            worker = Worker(pool, dsn, worker_config(settings))
+            await worker.start()
+        if what.api:
+            app = create_app(settings, pool)
+            config = uvicorn.Config(
+                app, host=what.host, port=what.port, log_config=None, access_log=False,
+                lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            )
+            server = _Server(config)
+            tasks.append(asyncio.create_task(server.serve()))
+        if what.health_port is not None:
+            health = await serve_health(pool, what.host, what.health_port)
+        log.info("maestro_running", api=what.api, worker=what.worker)
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        log.info("maestro_stopping")
+    finally:
+        if server is not None:
+            server.should_exit = True
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await task
+        if worker is not None:
+            await worker.shutdown()
+        if health is not None:
+            health.close()
+            await health.wait_closed()
+        await pool.close()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise RuntimeError("the API server stopped unexpectedly") from task.exception()
+
+
+def data_path(settings: Settings, name: str) -> Path:
+    return settings.data_dir / name
