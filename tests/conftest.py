@@ -112,8 +112,12 @@ class WorkerHandle:
 
     async def start(self, **overrides: Any) -> Worker:
         config = WorkerConfig(
-            **{"lease_seconds": 5.0, "poll_interval_seconds": 0.2, "shutdown_grace_seconds": 5.0,
-               **overrides}
+            **{
+                "lease_seconds": 5.0,
+                "poll_interval_seconds": 0.2,
+                "shutdown_grace_seconds": 5.0,
+                **overrides,
+            }
         )
         worker = Worker(self.pool, self.dsn, config)
         await worker.start()

@@ -24,8 +24,8 @@ from maestro.settings import Settings, SettingsError
 
 log = structlog.get_logger("maestro")
 
-JWT_SECRET_FILE = "jwt-secret"
-ADMIN_TOKEN_FILE = "admin-token"
+JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
 
 def resolve_jwt_secret(settings: Settings, *, generate: bool) -> str:
@@ -117,8 +117,13 @@ async def serve(settings: Settings, dsn: str, what: Processes) -> None:
         if what.api:
             app = create_app(settings, pool)
             config = uvicorn.Config(
-                app, host=what.host, port=what.port, log_config=None, access_log=False,
-                lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                app,
+                host=what.host,
+                port=what.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             )
             server = _Server(config)
             tasks.append(asyncio.create_task(server.serve()))
@@ -126,7 +131,7 @@ async def serve(settings: Settings, dsn: str, what: Processes) -> None:
             health = await serve_health(pool, what.host, what.health_port)
         log.info("maestro_running", api=what.api, worker=what.worker)
         stop_wait = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         log.info("maestro_stopping")
     finally:

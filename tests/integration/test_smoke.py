@@ -5,11 +5,21 @@ import httpx
 from tests.conftest import WorkerHandle, wait_for_status
 
 
-async def test_create_publish_execute(client: httpx.AsyncClient, workers: WorkerHandle, db_dsn: str) -> None:
-    wf = {"name": "hello", "steps": [
-        {"id": "a", "type": "noop", "actionConfig": {"greeting": "hi {{ input.name }}"}},
-        {"id": "b", "type": "noop", "needs": ["a"], "actionConfig": {"echo": "{{ steps.a.output.greeting }}"}},
-    ]}
+async def test_create_publish_execute(
+    client: httpx.AsyncClient, workers: WorkerHandle, db_dsn: str
+) -> None:
+    wf = {
+        "name": "hello",
+        "steps": [
+            {"id": "a", "type": "noop", "actionConfig": {"greeting": "hi {{ input.name }}"}},
+            {
+                "id": "b",
+                "type": "noop",
+                "needs": ["a"],
+                "actionConfig": {"echo": "{{ steps.a.output.greeting }}"},
+            },
+        ],
+    }
     r = await client.post("/api/workflows", json=wf)
     assert r.status_code == 201, r.text
     wid = r.json()["id"]

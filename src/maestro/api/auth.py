@@ -85,7 +85,9 @@ def _principal_from_jwt(token: str, secret: str) -> Principal:
     except jwt.ExpiredSignatureError:
         raise _unauthenticated("the token has expired; ask for a new one") from None
     except jwt.InvalidTokenError:
-        raise _unauthenticated("the bearer token is not a valid JWT signed by this server") from None
+        raise _unauthenticated(
+            "the bearer token is not a valid JWT signed by this server"
+        ) from None
     tenant, roles = claims.get("tenant"), claims.get("roles", [])
     if not isinstance(tenant, str) or not _TENANT.match(tenant):
         raise _unauthenticated("the token's tenant claim must be 1-64 letters, digits, _ . -")

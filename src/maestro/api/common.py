@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from maestro.api.auth import Principal, authenticate
 from maestro.api.errors import ApiError
+from maestro.db.pool import Conn
 from maestro.db.queries import sql
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
@@ -32,7 +33,9 @@ def parse_uuid(value: str, kind: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise ApiError(404, f"{kind}_not_found", f"no {kind.replace('_', ' ')} {value} exists") from None
+        raise ApiError(
+            404, f"{kind}_not_found", f"no {kind.replace('_', ' ')} {value} exists"
+        ) from None
 
 
 def encode_cursor(*parts: Any) -> str:
@@ -56,7 +59,7 @@ def decode_cursor(cursor: str | None, n: int) -> list[str] | None:
 
 
 async def audit(
-    conn: asyncpg.Connection,
+    conn: Conn,
     request: Request,
     principal: Principal,
     action: str,

@@ -18,8 +18,13 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     return orjson.dumps(
-        {"type": f"https://maestro.dev/problems/{code}", "title": code.replace("_", " ").capitalize(),
-         "status": status, "code": code, "detail": detail}
+        {
+            "type": f"https://maestro.dev/problems/{code}",
+            "title": code.replace("_", " ").capitalize(),
+            "status": status,
+            "code": code,
+            "detail": detail,
+        }
     )
 
 
@@ -91,9 +96,14 @@ class RequestContextMiddleware:
             413, "payload_too_large", f"the request body is larger than {limit} bytes; send less"
         )
         await send(
-            {"type": "http.response.start", "status": 413,
-             "headers": [(b"content-type", b"application/problem+json"),
-                         (b"content-length", str(len(body)).encode())]}
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
         )
         await send({"type": "http.response.body", "body": body})
 

@@ -22,14 +22,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=None, help="port (default 8080)")
     worker = sub.add_parser("worker", help="a worker that runs steps")
     for p in (api, worker):
-        p.add_argument("--health-port", type=int, default=None,
-                       help="serve /healthz and /readyz on this port (off by default)")
+        p.add_argument(
+            "--health-port",
+            type=int,
+            default=None,
+            help="serve /healthz and /readyz on this port (off by default)",
+        )
     sub.add_parser("migrate", help="apply database migrations and exit")
     token = sub.add_parser("token", help="print a JWT for development and tests")
     token.add_argument("--tenant", required=True)
     token.add_argument("--roles", default="admin", help=f"comma-separated: {', '.join(ROLES)}")
     token.add_argument("--sub", default="cli", help="subject (who the token is for)")
-    token.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default 1 day)")
+    token.add_argument(
+        "--ttl", type=int, default=86_400, help="lifetime in seconds (default 1 day)"
+    )
     return parser
 
 
@@ -76,25 +82,39 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         secret = runtime.resolve_jwt_secret(settings, generate=True)
         settings = settings.model_copy(update={"jwt_secret": secret})
         with runtime.database(settings) as dsn:
-            token = issue_token(secret, subject="admin", tenant="default", roles=["admin"], ttl=30 * 86_400)
+            token = issue_token(
+                secret, subject="admin", tenant="default", roles=["admin"], ttl=30 * 86_400
+            )
             token_path = settings.data_dir / runtime.ADMIN_TOKEN_FILE
             token_path.write_text(token + "\n", encoding="utf-8")
             token_path.chmod(0o600)
             print(f"Maestro Composer is starting on http://{host}:{port}", flush=True)
             print(f"Admin token (tenant 'default', also in {token_path}):\n{token}", flush=True)
-            asyncio.run(runtime.serve(settings, dsn, runtime.Processes(api=True, worker=True, host=host, port=port)))
+            asyncio.run(
+                runtime.serve(
+                    settings, dsn, runtime.Processes(api=True, worker=True, host=host, port=port)
+                )
+            )
         return 0
 
-    if not settings.database_url:
+    server_dsn = settings.database_url
+    if not server_dsn:
         return _fail("set DATABASE_URL to the PostgreSQL server shared by api and worker processes")
     if args.command == "api":
         secret = runtime.resolve_jwt_secret(settings, generate=False)
         settings = settings.model_copy(update={"jwt_secret": secret})
-        what = runtime.Processes(api=True, worker=False, host=args.host or settings.host,
-                                 port=args.port or settings.port, health_port=args.health_port)
+        what = runtime.Processes(
+            api=True,
+            worker=False,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            health_port=args.health_port,
+        )
     else:
-        what = runtime.Processes(api=False, worker=True, host=settings.host, health_port=args.health_port)
-    asyncio.run(runtime.serve(settings, settings.database_url, what))
+        what = runtime.Processes(
+            api=False, worker=True, host=settings.host, health_port=args.health_port
+        )
+    asyncio.run(runtime.serve(settings, server_dsn, what))
     return 0
 
 

@@ -10,8 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
 import structlog
+
+from maestro.db.pool import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Conn) -> list[int]:
     """Apply pending migrations; returns the versions applied by this call."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -85,7 +86,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[int]:
+async def pending_migrations(conn: Conn) -> list[int]:
     """Versions not yet applied (all of them when the record table does not exist)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     done: set[int] = set()

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 
 def _dumps(value: Any) -> str:
@@ -35,3 +36,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, server_settings={"application_name": "maestro"})
     await init_connection(conn)
     return conn
+
+
+# What a function that runs queries accepts: a plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy

@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
 
+from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import CompiledWorkflow
 
@@ -39,7 +39,7 @@ def request_hash(workflow_id: uuid.UUID, body: Any) -> str:
 
 
 async def create_execution(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant: str,
     workflow_id: uuid.UUID,

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import CompiledStep, WorkflowCache
 from maestro.engine.retry import ErrorClass, StepError, next_retry_delay
@@ -171,7 +172,7 @@ class Worker:
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
 
-    def _on_finished(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_finished(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         # A cancelled execution may have steps running here: check our leases now.
         if any(str(ctx.execution_id) == payload for _, ctx in self._inflight.values()):
             asyncio.get_running_loop().create_task(self._heartbeat_once())
@@ -211,9 +212,9 @@ class Worker:
                 timeout = max(until_due, 0.0)
         return timeout
 
-    async def _sleep_or_wake(self, timeout: float) -> None:
+    async def _sleep_or_wake(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await self._wake.wait()
 
     def _start_step(self, row: asyncpg.Record) -> None:
@@ -271,9 +272,13 @@ class Worker:
             raise StepError(ErrorClass.VALIDATION, f"no handler for step type {step.type!r}")
         context = await self._template_context(row, ctx, step)
         try:
-            if step.condition is not None and ctx.state is None:
-                if not is_truthy(step.condition.render(context)):
-                    return _Outcome(row["id"], ctx.attempt, "skipped", output=None)
+            condition = step.condition
+            if (
+                condition is not None
+                and ctx.state is None
+                and not is_truthy(condition.render(context))
+            ):
+                return _Outcome(row["id"], ctx.attempt, "skipped", output=None)
             config = step.config.render(context)
         except TemplateRenderError as exc:
             raise StepError(ErrorClass.VALIDATION, str(exc)) from None
@@ -391,10 +396,11 @@ class Worker:
         for row in rows:
             self._start_step(row)
 
-    async def _insert_human_tasks(self, conn: asyncpg.Connection, batch: list[_Outcome]) -> None:
+    async def _insert_human_tasks(self, conn: Conn, batch: list[_Outcome]) -> None:
         rows = []
         for o in batch:
-            assert o.human_task is not None and o.owner is not None
+            assert o.human_task is not None
+            assert o.owner is not None
             task = o.human_task
             rows.append((*o.owner, task.id, task.title, task.description, task.assignees))
         tenants, executions, step_ids, ids, titles, descriptions, assignees = zip(

@@ -43,16 +43,25 @@ def key_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-async def create_key(body: CreateKey, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def create_key(
+    body: CreateKey, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.ADMIN)
     key, digest = new_api_key()
     async with pool(request).acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            sql("insert_api_key"), principal.tenant, uuid.uuid4(), body.name, digest, body.roles,
+            sql("insert_api_key"),
+            principal.tenant,
+            uuid.uuid4(),
+            body.name,
+            digest,
+            body.roles,
             principal.subject,
         )
         assert row is not None
-        await audit(conn, request, principal, "api_key.create", "api_key", row["id"], {"roles": body.roles})
+        await audit(
+            conn, request, principal, "api_key.create", "api_key", row["id"], {"roles": body.roles}
+        )
     return {**key_json(row), "key": key}
 
 
@@ -68,7 +77,9 @@ async def list_keys(request: Request, principal: CurrentPrincipal) -> dict[str, 
 async def revoke_key(key_id: str, request: Request, principal: CurrentPrincipal) -> None:
     authorize(principal, Action.ADMIN)
     async with pool(request).acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(sql("revoke_api_key"), principal.tenant, parse_uuid(key_id, "api_key"))
+        row = await conn.fetchrow(
+            sql("revoke_api_key"), principal.tenant, parse_uuid(key_id, "api_key")
+        )
         if row is None:
             raise not_found("api_key", key_id)
         await audit(conn, request, principal, "api_key.revoke", "api_key", key_id)

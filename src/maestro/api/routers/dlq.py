@@ -54,7 +54,9 @@ async def list_dead(
 
 
 @router.post("/{step_run_id}/replay", status_code=202)
-async def replay_dead_step(step_run_id: int, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def replay_dead_step(
+    step_run_id: int, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     """Re-queue a dead step. Its execution resumes; other dead steps of the same execution are
     re-queued with it, since an execution cannot finish while one of its steps is dead."""
     authorize(principal, Action.OPERATE)

@@ -10,8 +10,17 @@ import asyncpg
 from fastapi import APIRouter, Query, Request
 
 from maestro.api.auth import Action, authorize
-from maestro.api.common import CurrentPrincipal, audit, decode_cursor, encode_cursor, iso, parse_uuid, pool
+from maestro.api.common import (
+    CurrentPrincipal,
+    audit,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    parse_uuid,
+    pool,
+)
 from maestro.api.errors import ApiError, not_found
+from maestro.db.pool import Conn
 from maestro.db.queries import sql
 
 router = APIRouter(prefix="/api/executions", tags=["executions"])
@@ -35,7 +44,9 @@ def step_json(s: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def execution_json(row: asyncpg.Record, steps: list[asyncpg.Record] | None = None) -> dict[str, Any]:
+def execution_json(
+    row: asyncpg.Record, steps: list[asyncpg.Record] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(row["id"]),
         "workflowId": str(row["workflow_id"]),
@@ -55,7 +66,7 @@ def execution_json(row: asyncpg.Record, steps: list[asyncpg.Record] | None = Non
     return body
 
 
-async def _load(conn: asyncpg.Connection, tenant: str, execution_id: str) -> asyncpg.Record:
+async def _load(conn: Conn, tenant: str, execution_id: str) -> asyncpg.Record:
     row = await conn.fetchrow(sql("get_execution"), tenant, parse_uuid(execution_id, "execution"))
     if row is None:
         raise not_found("execution", execution_id)
@@ -63,7 +74,9 @@ async def _load(conn: asyncpg.Connection, tenant: str, execution_id: str) -> asy
 
 
 @router.get("/{execution_id}")
-async def get_execution(execution_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def get_execution(
+    execution_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.READ)
     async with pool(request).acquire() as conn:
         row = await _load(conn, principal.tenant, execution_id)
@@ -87,7 +100,9 @@ async def list_executions(
     bad = [s for s in statuses if s not in EXECUTION_STATUSES]
     if bad:
         raise ApiError(
-            400, "invalid_status", f"unknown status {bad[0]!r}; use one of {', '.join(EXECUTION_STATUSES)}"
+            400,
+            "invalid_status",
+            f"unknown status {bad[0]!r}; use one of {', '.join(EXECUTION_STATUSES)}",
         )
     after = decode_cursor(cursor, 2)
     async with pool(request).acquire() as conn:
@@ -109,7 +124,9 @@ async def list_executions(
 
 
 @router.post("/{execution_id}/cancel")
-async def cancel(execution_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def cancel(
+    execution_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.OPERATE)
     async with pool(request).acquire() as conn, conn.transaction():
         row = await _load(conn, principal.tenant, execution_id)
@@ -121,7 +138,9 @@ async def cancel(execution_id: str, request: Request, principal: CurrentPrincipa
     return {"executionId": execution_id, "status": "cancelled"}
 
 
-async def replay_execution(request: Request, principal: Any, execution_id: uuid.UUID, via: str) -> dict[str, Any]:
+async def replay_execution(
+    request: Request, principal: Any, execution_id: uuid.UUID, via: str
+) -> dict[str, Any]:
     async with pool(request).acquire() as conn, conn.transaction():
         row = await _load(conn, principal.tenant, str(execution_id))
         requeued = await conn.fetchval(sql("replay_execution"), principal.tenant, row["id"])
@@ -131,15 +150,21 @@ async def replay_execution(request: Request, principal: Any, execution_id: uuid.
                 "execution_not_replayable",
                 f"only failed or cancelled executions can be replayed; this one is {row['status']}",
             )
-        await audit(conn, request, principal, "execution.replay", "execution", row["id"], {"via": via})
+        await audit(
+            conn, request, principal, "execution.replay", "execution", row["id"], {"via": via}
+        )
     return {"executionId": str(execution_id), "status": "queued", "requeuedSteps": requeued}
 
 
 @router.post("/{execution_id}/replay", status_code=202)
-async def replay(execution_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def replay(
+    execution_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     """Re-run the dead and cancelled steps, keeping the outputs of succeeded steps."""
     authorize(principal, Action.OPERATE)
-    return await replay_execution(request, principal, parse_uuid(execution_id, "execution"), "execution")
+    return await replay_execution(
+        request, principal, parse_uuid(execution_id, "execution"), "execution"
+    )
 
 
 @router.get("/{execution_id}/logs")

@@ -43,7 +43,9 @@ def task_json(r: asyncpg.Record) -> dict[str, Any]:
 async def list_tasks(
     request: Request,
     principal: CurrentPrincipal,
-    status: Annotated[str | None, Query(pattern="^(open|approved|rejected|cancelled|all)$")] = "open",
+    status: Annotated[
+        str | None, Query(pattern="^(open|approved|rejected|cancelled|all)$")
+    ] = "open",
     execution_id: Annotated[uuid.UUID | None, Query(alias="executionId")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
@@ -63,7 +65,9 @@ async def list_tasks(
 async def get_task(task_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     authorize(principal, Action.READ)
     async with pool(request).acquire() as conn:
-        row = await conn.fetchrow(sql("get_human_task"), principal.tenant, parse_uuid(task_id, "human_task"))
+        row = await conn.fetchrow(
+            sql("get_human_task"), principal.tenant, parse_uuid(task_id, "human_task")
+        )
     if row is None:
         raise not_found("human_task", task_id)
     return task_json(row)
@@ -85,11 +89,26 @@ async def complete_task(
             if existing is None:
                 raise not_found("human_task", task_id)
             raise ApiError(409, "human_task_closed", f"this task is already {existing['status']}")
-        decision = {"decision": body.decision, "comment": body.comment, "decidedBy": principal.subject}
+        decision = {
+            "decision": body.decision,
+            "comment": body.comment,
+            "decidedBy": principal.subject,
+        }
         await conn.execute(
-            sql("wake_approval_step"), principal.tenant, row["execution_id"], row["step_id"], decision
+            sql("wake_approval_step"),
+            principal.tenant,
+            row["execution_id"],
+            row["step_id"],
+            decision,
         )
         await conn.execute(sql("notify_steps"))
-        await audit(conn, request, principal, f"human_task.{body.decision}", "human_task", tid,
-                    {"executionId": str(row["execution_id"]), "stepId": row["step_id"]})
+        await audit(
+            conn,
+            request,
+            principal,
+            f"human_task.{body.decision}",
+            "human_task",
+            tid,
+            {"executionId": str(row["execution_id"]), "stepId": row["step_id"]},
+        )
     return task_json(row)

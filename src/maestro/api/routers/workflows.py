@@ -11,8 +11,17 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from maestro.api.auth import Action, authorize
-from maestro.api.common import CurrentPrincipal, audit, decode_cursor, encode_cursor, iso, parse_uuid, pool
+from maestro.api.common import (
+    CurrentPrincipal,
+    audit,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    parse_uuid,
+    pool,
+)
 from maestro.api.errors import ApiError, not_found
+from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import compile_workflow
 from maestro.engine.executions import IdempotencyKeyReused, create_execution, request_hash
@@ -71,7 +80,9 @@ def _dump(definition: WorkflowDefinition) -> dict[str, Any]:
     return definition.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def workflow_json(row: asyncpg.Record, versions: list[asyncpg.Record] | None = None) -> dict[str, Any]:
+def workflow_json(
+    row: asyncpg.Record, versions: list[asyncpg.Record] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(row["id"]),
         "name": row["name"],
@@ -84,15 +95,21 @@ def workflow_json(row: asyncpg.Record, versions: list[asyncpg.Record] | None = N
     }
     if versions is not None:
         body["versions"] = [
-            {"version": v["version"], "publishedAt": iso(v["published_at"]), "publishedBy": v["published_by"]}
+            {
+                "version": v["version"],
+                "publishedAt": iso(v["published_at"]),
+                "publishedBy": v["published_by"],
+            }
             for v in versions
         ]
     return body
 
 
-async def _load(conn: asyncpg.Connection, tenant: str, workflow_id: str, *, lock: bool = False) -> asyncpg.Record:
+async def _load(conn: Conn, tenant: str, workflow_id: str, *, lock: bool = False) -> asyncpg.Record:
     wid = parse_uuid(workflow_id, "workflow")
-    row = await conn.fetchrow(sql("get_workflow_for_update" if lock else "get_workflow"), tenant, wid)
+    row = await conn.fetchrow(
+        sql("get_workflow_for_update" if lock else "get_workflow"), tenant, wid
+    )
     if row is None:
         raise not_found("workflow", workflow_id)
     return row
@@ -100,11 +117,15 @@ async def _load(conn: asyncpg.Connection, tenant: str, workflow_id: str, *, lock
 
 def _not_archived(row: asyncpg.Record) -> None:
     if row["status"] == "archived":
-        raise ApiError(409, "workflow_archived", "this workflow is archived; create a new one instead")
+        raise ApiError(
+            409, "workflow_archived", "this workflow is archived; create a new one instead"
+        )
 
 
 @router.post("", status_code=201, openapi_extra=_DEFINITION_BODY)
-async def create_workflow(request: Request, principal: CurrentPrincipal, response: Response) -> dict[str, Any]:
+async def create_workflow(
+    request: Request, principal: CurrentPrincipal, response: Response
+) -> dict[str, Any]:
     authorize(principal, Action.EDIT)
     definition = await _definition_from(request)
     async with pool(request).acquire() as conn, conn.transaction():
@@ -149,7 +170,9 @@ async def list_workflows(
 
 
 @router.get("/{workflow_id}")
-async def get_workflow(workflow_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def get_workflow(
+    workflow_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.READ)
     async with pool(request).acquire() as conn:
         row = await _load(conn, principal.tenant, workflow_id)
@@ -176,16 +199,18 @@ async def get_workflow_version(
 
 
 @router.put("/{workflow_id}", openapi_extra=_DEFINITION_BODY)
-async def replace_draft(workflow_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def replace_draft(
+    workflow_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.EDIT)
     definition = await _definition_from(request)
     async with pool(request).acquire() as conn, conn.transaction():
-        row = await _load(conn, principal.tenant, workflow_id, lock=True)
-        _not_archived(row)
+        current = await _load(conn, principal.tenant, workflow_id, lock=True)
+        _not_archived(current)
         row = await conn.fetchrow(
             sql("update_draft"),
             principal.tenant,
-            row["id"],
+            current["id"],
             definition.name,
             definition.description,
             _dump(definition),
@@ -197,7 +222,9 @@ async def replace_draft(workflow_id: str, request: Request, principal: CurrentPr
 
 
 @router.post("/{workflow_id}/publish")
-async def publish(workflow_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def publish(
+    workflow_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     """Freeze the draft as the next version (unchanged drafts return the latest version)."""
     authorize(principal, Action.EDIT)
     async with pool(request).acquire() as conn, conn.transaction():
@@ -207,25 +234,48 @@ async def publish(workflow_id: str, request: Request, principal: CurrentPrincipa
         if latest is not None:
             current = await conn.fetchrow(sql("get_version"), principal.tenant, row["id"], latest)
             if current is not None and current["definition"] == row["draft"]:
-                return {"workflowId": workflow_id, "version": latest, "unchanged": True,
-                        "publishedAt": iso(current["published_at"])}
+                return {
+                    "workflowId": workflow_id,
+                    "version": latest,
+                    "unchanged": True,
+                    "publishedAt": iso(current["published_at"]),
+                }
         version = (latest or 0) + 1
         published = await conn.fetchrow(
-            sql("insert_version"), principal.tenant, row["id"], version, row["draft"], principal.subject
+            sql("insert_version"),
+            principal.tenant,
+            row["id"],
+            version,
+            row["draft"],
+            principal.subject,
         )
         assert published is not None
         await conn.execute(sql("set_latest_version"), principal.tenant, row["id"], version)
-        await audit(conn, request, principal, "workflow.publish", "workflow", row["id"], {"version": version})
-    return {"workflowId": workflow_id, "version": version, "unchanged": False,
-            "publishedAt": iso(published["published_at"])}
+        await audit(
+            conn,
+            request,
+            principal,
+            "workflow.publish",
+            "workflow",
+            row["id"],
+            {"version": version},
+        )
+    return {
+        "workflowId": workflow_id,
+        "version": version,
+        "unchanged": False,
+        "publishedAt": iso(published["published_at"]),
+    }
 
 
 @router.post("/{workflow_id}/archive")
-async def archive(workflow_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def archive(
+    workflow_id: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
     authorize(principal, Action.EDIT)
     async with pool(request).acquire() as conn, conn.transaction():
-        row = await _load(conn, principal.tenant, workflow_id, lock=True)
-        row = await conn.fetchrow(sql("archive_workflow"), principal.tenant, row["id"])
+        current = await _load(conn, principal.tenant, workflow_id, lock=True)
+        row = await conn.fetchrow(sql("archive_workflow"), principal.tenant, current["id"])
         assert row is not None
         await audit(conn, request, principal, "workflow.archive", "workflow", row["id"])
     return workflow_json(row)
@@ -241,7 +291,9 @@ async def simulate_workflow(
         row = await _load(conn, principal.tenant, workflow_id)
         definition: Any = row["draft"]
         if body.version is not None:
-            found = await conn.fetchrow(sql("get_version"), principal.tenant, row["id"], body.version)
+            found = await conn.fetchrow(
+                sql("get_version"), principal.tenant, row["id"], body.version
+            )
             if found is None:
                 raise not_found("workflow_version", f"{workflow_id} v{body.version}")
             definition = found["definition"]
@@ -298,8 +350,15 @@ async def execute(
                 executionId=str(exc.execution_id),
             ) from None
         if enqueued.created:
-            await audit(conn, request, principal, "workflow.execute", "execution",
-                        enqueued.execution_id, {"workflowId": workflow_id, "version": version})
+            await audit(
+                conn,
+                request,
+                principal,
+                "workflow.execute",
+                "execution",
+                enqueued.execution_id,
+                {"workflowId": workflow_id, "version": version},
+            )
     response.headers["Location"] = f"/api/executions/{enqueued.execution_id}"
     if not enqueued.created:
         response.headers["Idempotent-Replayed"] = "true"
