@@ -110,7 +110,7 @@ class WorkerHandle:
         self.pool, self.dsn = pool, dsn
         self.workers: list[Worker] = []
 
-    async def start(self, **overrides: Any) -> Worker:
+    async def start(self, handlers: dict[str, Any] | None = None, **overrides: Any) -> Worker:
         config = WorkerConfig(
             **{
                 "lease_seconds": 5.0,
@@ -119,7 +119,7 @@ class WorkerHandle:
                 **overrides,
             }
         )
-        worker = Worker(self.pool, self.dsn, config)
+        worker = Worker(self.pool, self.dsn, config, handlers=handlers)
         await worker.start()
         self.workers.append(worker)
         return worker

@@ -97,6 +97,7 @@ class Worker:
         self._lost: set[int] = set()
         self._results: list[_Outcome] = []
         self._results_ready = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -155,9 +156,12 @@ class Worker:
                     released = await conn.fetch(sql("release_steps"), self.worker_id, unfinished)
                     await conn.execute(sql("notify_steps"))
                 log.info("worker_released_steps", released=len(released))
-        # Record what finished, then stop the background loops.
-        while self._results:
-            await self._flush_once(claim_limit=0)
+        # Record what finished (waiting for a flush already under way), then stop the loops.
+        while True:
+            async with self._flush_lock:
+                if not self._results:
+                    break
+                await self._flush_batch(claim_limit=0)
         for task in self._loops[1:]:
             task.cancel()
         for task in self._loops[1:]:
@@ -369,6 +373,10 @@ class Worker:
                     await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
 
     async def _flush_once(self, claim_limit: int) -> None:
+        async with self._flush_lock:
+            await self._flush_batch(claim_limit)
+
+    async def _flush_batch(self, claim_limit: int) -> None:
         batch, self._results = self._results, []
         try:
             async with self._pool.acquire() as conn, conn.transaction():

@@ -51,11 +51,15 @@ $$;
 
 -- Claims up to p_limit due steps, fairly across tenants: a loose index scan finds every
 -- tenant with claimable work (cost grows with the number of active tenants, never with the
--- backlog), and each tenant gets an equal share of the batch, oldest first.
+-- backlog), each tenant gets an equal share of the batch, oldest first, and what the shares
+-- leave unused is filled from tenants that have more.
 CREATE FUNCTION maestro_claim_steps(p_worker text, p_limit integer, p_lease_seconds float8)
 RETURNS SETOF maestro_claimed LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids bigint[];
+    v_tenants text[];
+    v_ids     bigint[];
+    v_share   integer;
+    v_missing integer;
 BEGIN
     WITH RECURSIVE active(tenant_id) AS (
         (SELECT s.tenant_id FROM step_runs s
@@ -66,27 +70,45 @@ BEGIN
                  WHERE s.status IN ('ready', 'failed', 'waiting') AND s.tenant_id > a.tenant_id
                  ORDER BY s.tenant_id LIMIT 1)
           FROM active a WHERE a.tenant_id IS NOT NULL
-    ), tenants AS (
-        SELECT tenant_id FROM active WHERE tenant_id IS NOT NULL
-    ), share AS (
-        SELECT greatest(1, ceil(p_limit::numeric / greatest(count(*), 1)))::integer AS n
-          FROM tenants
-    ), picked AS (
-        SELECT c.id
-          FROM tenants t CROSS JOIN share
-         CROSS JOIN LATERAL (
-               SELECT s.id FROM step_runs s
-                WHERE s.tenant_id = t.tenant_id
-                  AND s.status IN ('ready', 'failed', 'waiting')
-                  AND s.run_at <= now()
-                ORDER BY s.run_at, s.id
-                LIMIT share.n
-                FOR UPDATE SKIP LOCKED) c
-         LIMIT p_limit
     )
-    SELECT array_agg(id) INTO v_ids FROM picked;
+    SELECT array_agg(tenant_id) INTO v_tenants FROM active WHERE tenant_id IS NOT NULL;
+    IF v_tenants IS NULL THEN
+        RETURN;
+    END IF;
 
-    IF v_ids IS NULL THEN
+    v_share := greatest(1, ceil(p_limit::numeric / array_length(v_tenants, 1)))::integer;
+    SELECT array_agg(c.id) INTO v_ids
+      FROM (SELECT c.id
+              FROM unnest(v_tenants) AS t(tenant_id)
+             CROSS JOIN LATERAL (
+                   SELECT s.id FROM step_runs s
+                    WHERE s.tenant_id = t.tenant_id
+                      AND s.status IN ('ready', 'failed', 'waiting')
+                      AND s.run_at <= now()
+                    ORDER BY s.run_at, s.id
+                    LIMIT v_share
+                    FOR UPDATE SKIP LOCKED) c
+             LIMIT p_limit) c;
+    v_ids := coalesce(v_ids, '{}');
+
+    v_missing := p_limit - coalesce(array_length(v_ids, 1), 0);
+    IF v_missing > 0 AND array_length(v_tenants, 1) > 1 THEN
+        SELECT v_ids || coalesce(array_agg(c.id), '{}') INTO v_ids
+          FROM (SELECT c.id
+                  FROM unnest(v_tenants) AS t(tenant_id)
+                 CROSS JOIN LATERAL (
+                       SELECT s.id FROM step_runs s
+                        WHERE s.tenant_id = t.tenant_id
+                          AND s.status IN ('ready', 'failed', 'waiting')
+                          AND s.run_at <= now()
+                          AND s.id <> ALL (v_ids)
+                        ORDER BY s.run_at, s.id
+                        LIMIT v_missing
+                        FOR UPDATE SKIP LOCKED) c
+                 LIMIT v_missing) c;
+    END IF;
+
+    IF coalesce(array_length(v_ids, 1), 0) = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY SELECT * FROM maestro_claim_ids(p_worker, v_ids, p_lease_seconds);
