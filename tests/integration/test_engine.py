@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -138,7 +138,8 @@ async def test_retry_after_is_honoured(
     eid = await start_execution(client, one_step(retry=retry))
     assert await wait_for_status(db_dsn, eid, {"succeeded", "failed"}) == "succeeded"
     times = await pool.fetch(
-        "SELECT created_at FROM workflow_logs WHERE execution_id = $1 AND step_id = 's' ORDER BY id",
+        "SELECT created_at FROM workflow_logs WHERE execution_id = $1 AND step_id = 's' "
+        "ORDER BY id",
         uuid.UUID(eid),
     )
     assert (times[1]["created_at"] - times[0]["created_at"]) >= timedelta(seconds=0.95)
@@ -257,7 +258,8 @@ async def test_expired_lease_is_reclaimed_by_another_worker(
     claimed = await pool.fetch("SELECT * FROM maestro_claim_steps('ghost', 10, 30)")
     assert [r["execution_id"] for r in claimed] == [uuid.UUID(eid)]
     await pool.execute(
-        "UPDATE step_runs SET lease_expires_at = now() - interval '1 second' WHERE worker_id = 'ghost'"
+        "UPDATE step_runs SET lease_expires_at = now() - interval '1 second' "
+        "WHERE worker_id = 'ghost'"
     )
     await workers.start(lease_seconds=2.0)
     assert await wait_for_status(db_dsn, eid, {"succeeded", "failed"}) == "succeeded"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -43,15 +44,16 @@ def encode_cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, n: int) -> list[str] | None:
+def decode_cursor(cursor: str | None, *parsers: Callable[[str], Any]) -> list[Any] | None:
+    """The cursor's parts, each converted by its parser; a 400 for anything we did not issue."""
     if cursor is None:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         parts = orjson.loads(base64.urlsafe_b64decode(padded))
-        if not isinstance(parts, list) or len(parts) != n:
+        if not isinstance(parts, list) or len(parts) != len(parsers):
             raise ValueError
-        return [str(p) for p in parts]
+        return [parse(str(p)) for parse, p in zip(parsers, parts, strict=True)]
     except (ValueError, orjson.JSONDecodeError):
         raise ApiError(
             400, "invalid_cursor", "the cursor is not one this API returned; start without it"

@@ -24,13 +24,13 @@ async def list_dead(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     authorize(principal, Action.READ)
-    after = decode_cursor(cursor, 2)
+    after = decode_cursor(cursor, datetime.fromisoformat, int)
     async with pool(request).acquire() as conn:
         rows = await conn.fetch(
             sql("list_dead_steps"),
             principal.tenant,
-            datetime.fromisoformat(after[0]) if after else None,
-            int(after[1]) if after else None,
+            after[0] if after else None,
+            after[1] if after else None,
             limit + 1,
         )
     more = len(rows) > limit

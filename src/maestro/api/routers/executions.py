@@ -104,7 +104,7 @@ async def list_executions(
             "invalid_status",
             f"unknown status {bad[0]!r}; use one of {', '.join(EXECUTION_STATUSES)}",
         )
-    after = decode_cursor(cursor, 2)
+    after = decode_cursor(cursor, datetime.fromisoformat, uuid.UUID)
     async with pool(request).acquire() as conn:
         rows = await conn.fetch(
             sql("list_executions"),
@@ -113,8 +113,8 @@ async def list_executions(
             statuses or None,
             created_after,
             created_before,
-            datetime.fromisoformat(after[0]) if after else None,
-            uuid.UUID(after[1]) if after else None,
+            after[0] if after else None,
+            after[1] if after else None,
             limit + 1,
         )
     more = len(rows) > limit

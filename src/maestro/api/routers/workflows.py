@@ -153,14 +153,14 @@ async def list_workflows(
     status: Annotated[str | None, Query(pattern="^(active|archived)$")] = None,
 ) -> dict[str, Any]:
     authorize(principal, Action.READ)
-    after = decode_cursor(cursor, 2)
+    after = decode_cursor(cursor, datetime.fromisoformat, uuid.UUID)
     async with pool(request).acquire() as conn:
         rows = await conn.fetch(
             sql("list_workflows"),
             principal.tenant,
             status,
-            datetime.fromisoformat(after[0]) if after else None,
-            uuid.UUID(after[1]) if after else None,
+            after[0] if after else None,
+            after[1] if after else None,
             limit + 1,
         )
     more = len(rows) > limit
