@@ -37,8 +37,12 @@ _QUERIES = {
           FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
     """,
     "type": """
-        SELECT t.typname || ' ' || string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
-          FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid JOIN pg_attribute a ON a.attrelid = c.oid
+        SELECT t.typname || ' '
+               || string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', '
+                             ORDER BY a.attnum)
+          FROM pg_type t
+          JOIN pg_class c ON c.oid = t.typrelid
+          JOIN pg_attribute a ON a.attrelid = c.oid
          WHERE t.typnamespace = 'public'::regnamespace AND c.relkind = 'c'
          GROUP BY t.typname
     """,
@@ -54,7 +58,9 @@ async def describe(conn: asyncpg.Connection) -> str:
 
 async def _main() -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    base = os.environ.get("MAESTRO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    base = os.environ.get(
+        "MAESTRO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
     name = f"schema_dump_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(base)
     await admin.execute(f'CREATE DATABASE "{name}"')

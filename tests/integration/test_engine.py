@@ -276,7 +276,7 @@ async def test_expired_lease_is_reclaimed_by_another_worker(
         [row["id"]],
         [row["attempts"]],
         ["succeeded"],
-        [{"from": "ghost"}],
+        ['{"from": "ghost"}'],
         [None],
         [None],
         [None],

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
 from maestro.db.pool import Conn
@@ -64,6 +65,27 @@ class _Outcome:
     human_task: HumanTaskRequest | None = None
     # (tenant, execution id, step id) of the step that asked for the human task.
     owner: tuple[str, uuid.UUID, str] | None = None
+    error_json: str | None = None
+    state_json: str | None = None
+
+
+def _encode(outcome: _Outcome) -> None:
+    """Serialize JSON once, here: a value that is not JSON fails its step, not the batch."""
+    try:
+        if outcome.output is not None:
+            outcome.output = orjson.dumps(outcome.output).decode()
+        if outcome.state is not None:
+            outcome.state_json = orjson.dumps(outcome.state).decode()
+    except TypeError as exc:
+        outcome.outcome, outcome.output, outcome.state, outcome.human_task = (
+            "dead",
+            None,
+            None,
+            None,
+        )
+        outcome.error = {"class": "internal", "message": f"the step's result is not JSON: {exc}"}
+    if outcome.error is not None:
+        outcome.error_json = orjson.dumps(outcome.error).decode()
 
 
 class _RetryPolicy:
@@ -73,6 +95,11 @@ class _RetryPolicy:
         self.max_attempts = step.max_attempts
         self.initial_delay_seconds = step.initial_delay_seconds
         self.max_delay_seconds = step.max_delay_seconds
+
+
+def _transient(exc: asyncpg.PostgresError) -> bool:
+    # Connection trouble, rollbacks (serialization, deadlock), shutdowns, exhausted resources.
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in {"08", "40", "53", "57", "58"}
 
 
 def default_worker_id() -> str:
@@ -267,6 +294,7 @@ class Worker:
             self._slot_free.set()
         if outcome is not None:
             outcome.duration_ms = (time.perf_counter() - started) * 1000
+            _encode(outcome)
             self._results.append(outcome)
             self._results_ready.set()
 
@@ -367,10 +395,41 @@ class Worker:
                 )
                 try:
                     await self._flush_once(limit)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except asyncpg.PostgresError as exc:
+                    if _transient(exc):
+                        log.warning("complete_failed", error=str(exc))
+                        await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
+                    else:
+                        await self._isolate_poison(exc)
+                except (OSError, asyncpg.InterfaceError) as exc:
                     # Results stay buffered; the lease keeps the steps ours until we retry.
                     log.warning("complete_failed", error=str(exc))
                     await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
+
+    async def _isolate_poison(self, exc: asyncpg.PostgresError) -> None:
+        """A batch the database refused: record its results one by one, so that one bad
+        result fails only its own step (as dead) and never blocks the others."""
+        log.error("complete_rejected", error=str(exc))
+        async with self._flush_lock:
+            pending, self._results = self._results, []
+            for outcome in pending:
+                self._results = [outcome]
+                try:
+                    await self._flush_batch(claim_limit=0)
+                except asyncpg.PostgresError as single:
+                    if _transient(single):
+                        self._results = pending[pending.index(outcome) :] + self._results[1:]
+                        return
+                    failed = _Outcome(outcome.id, outcome.attempt, "dead")
+                    failed.error = {"class": "internal", "message": "recording the result failed"}
+                    _encode(failed)
+                    self._results = [failed]
+                    try:
+                        await self._flush_batch(claim_limit=0)
+                    except asyncpg.PostgresError as again:
+                        # Leave it to lease expiry; never loop on a poison row.
+                        self._results = []
+                        log.error("complete_dropped", step_run_id=outcome.id, error=str(again))
 
     async def _flush_once(self, claim_limit: int) -> None:
         async with self._flush_lock:
@@ -390,9 +449,9 @@ class Worker:
                     [o.attempt for o in batch],
                     [o.outcome for o in batch],
                     [o.output for o in batch],
-                    [o.error for o in batch],
+                    [o.error_json for o in batch],
                     [o.run_at for o in batch],
-                    [o.state for o in batch],
+                    [o.state_json for o in batch],
                     [o.duration_ms for o in batch],
                     claim_limit,
                     self._config.lease_seconds,
@@ -410,7 +469,8 @@ class Worker:
             assert o.human_task is not None
             assert o.owner is not None
             task = o.human_task
-            rows.append((*o.owner, task.id, task.title, task.description, task.assignees))
+            joined = "\x1f".join(task.assignees)
+            rows.append((*o.owner, task.id, task.title, task.description, joined))
         tenants, executions, step_ids, ids, titles, descriptions, assignees = zip(
             *rows, strict=True
         )

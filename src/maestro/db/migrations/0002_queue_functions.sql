@@ -217,27 +217,34 @@ $$;
 -- NOTIFY for the next step of a chain); the rest are announced with NOTIFY.
 CREATE FUNCTION maestro_complete_steps(
     p_worker text, p_ids bigint[], p_attempts integer[], p_outcomes text[],
-    p_outputs jsonb[], p_errors jsonb[], p_run_at timestamptz[], p_states jsonb[],
+    p_outputs text[], p_errors text[], p_run_at timestamptz[], p_states text[],
     p_durations_ms float8[], p_claim_limit integer, p_lease_seconds float8)
 RETURNS SETOF maestro_claimed LANGUAGE plpgsql AS $$
 DECLARE
     i          integer;
     r          record;
     v_outcome  text;
+    v_output   jsonb;
+    v_error    jsonb;
+    v_state    jsonb;
     v_released bigint[] := '{}';
     v_status   text;
     v_claim    bigint[];
 BEGIN
     FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        -- JSON arrives as text: a driver cannot tell a JSON list from an array dimension.
         v_outcome := p_outcomes[i];
+        v_output := p_outputs[i]::jsonb;
+        v_error := p_errors[i]::jsonb;
+        v_state := p_states[i]::jsonb;
         UPDATE step_runs s
            SET status = CASE v_outcome WHEN 'retry' THEN 'failed'
                                        WHEN 'suspend' THEN 'waiting'
                                        ELSE v_outcome END,
-               output = CASE WHEN v_outcome IN ('succeeded', 'skipped') THEN p_outputs[i]
+               output = CASE WHEN v_outcome IN ('succeeded', 'skipped') THEN v_output
                              ELSE s.output END,
-               error = p_errors[i],
-               state = CASE WHEN v_outcome = 'suspend' THEN p_states[i] ELSE s.state END,
+               error = v_error,
+               state = CASE WHEN v_outcome = 'suspend' THEN v_state ELSE s.state END,
                run_at = coalesce(p_run_at[i], s.run_at),
                finished_at = CASE WHEN v_outcome IN ('succeeded', 'skipped', 'dead') THEN now()
                                   ELSE NULL END,
@@ -258,8 +265,8 @@ BEGIN
                    || CASE v_outcome WHEN 'retry' THEN 'failed; retry at ' || p_run_at[i]::text
                                      WHEN 'suspend' THEN 'is waiting'
                                      ELSE v_outcome END
-                   || coalesce(': ' || (p_errors[i] ->> 'class') || ': '
-                                    || (p_errors[i] ->> 'message'), ''),
+                   || coalesce(': ' || (v_error ->> 'class') || ': '
+                                    || (v_error ->> 'message'), ''),
                jsonb_build_object('attempt', r.attempts, 'durationMs', round(p_durations_ms[i]::numeric, 3)),
                e.correlation_id
           FROM workflow_executions e WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id;
@@ -271,7 +278,7 @@ BEGIN
         ELSIF v_outcome = 'dead' THEN
             PERFORM maestro_fail_execution(
                 r.tenant_id, r.execution_id,
-                jsonb_build_object('stepId', r.step_id) || coalesce(p_errors[i], '{}'::jsonb));
+                jsonb_build_object('stepId', r.step_id) || coalesce(v_error, '{}'::jsonb));
         ELSIF v_outcome = 'suspend' THEN
             UPDATE workflow_executions e SET status = 'waiting'
              WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id AND e.status = 'running'

@@ -33,8 +33,8 @@ SELECT step_id, output FROM step_runs
 -- name: insert_human_tasks
 INSERT INTO human_tasks (tenant_id, id, execution_id, step_id, title, description, assignees)
 SELECT t.tenant_id, t.id, t.execution_id, t.step_id, t.title, t.description,
-       ARRAY(SELECT jsonb_array_elements_text(t.assignees))
-  FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[])
+       string_to_array(t.assignees, E'\x1f')
+  FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
        AS t(tenant_id, id, execution_id, step_id, title, description, assignees)
 ON CONFLICT DO NOTHING
 
