@@ -28,6 +28,10 @@ JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
 
+class StartupError(Exception):
+    """The process cannot start (database unreachable, port taken); the message says why."""
+
+
 def resolve_jwt_secret(settings: Settings, *, generate: bool) -> str:
     """The configured secret, else the one `up` keeps in the data dir (generated if asked)."""
     if settings.jwt_secret:
@@ -63,7 +67,11 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 async def run_migrations(dsn: str) -> list[int]:
-    conn = await connect(dsn)
+    try:
+        conn = await connect(dsn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # OSError covers refused connections, unknown hosts and timeouts.
+        raise StartupError(f"cannot connect to the database (DATABASE_URL): {exc}") from None
     try:
         return await migrate(conn)
     finally:
@@ -98,6 +106,17 @@ class Processes:
     health_port: int | None = None
 
 
+async def _serve_api(server: _Server, host: str, port: int) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn logs why (e.g. the address is in use) and calls sys.exit(), which would
+        # escape the event loop and skip the graceful shutdown below.
+        raise StartupError(
+            f"the API server could not start on {host}:{port} (see the error logged above)"
+        ) from None
+
+
 async def serve(settings: Settings, dsn: str, what: Processes) -> None:
     """Run the API and/or a worker until SIGTERM/SIGINT, then shut down gracefully."""
     await run_migrations(dsn)
@@ -126,7 +145,7 @@ async def serve(settings: Settings, dsn: str, what: Processes) -> None:
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             )
             server = _Server(config)
-            tasks.append(asyncio.create_task(server.serve()))
+            tasks.append(asyncio.create_task(_serve_api(server, what.host, what.port)))
         if what.health_port is not None:
             health = await serve_health(pool, what.host, what.health_port)
         log.info("maestro_running", api=what.api, worker=what.worker)
@@ -147,8 +166,10 @@ async def serve(settings: Settings, dsn: str, what: Processes) -> None:
             await health.wait_closed()
         await pool.close()
     for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise RuntimeError("the API server stopped unexpectedly") from task.exception()
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            if isinstance(exc, StartupError):
+                raise exc
+            raise RuntimeError("the API server stopped unexpectedly") from exc
 
 
 def data_path(settings: Settings, name: str) -> Path:

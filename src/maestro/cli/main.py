@@ -56,6 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, not at the top: `maestro --help` stays fast.
+    from maestro.db.embedded import EmbeddedPostgresError
+    from maestro.runtime import StartupError
+
+    try:
+        return _run_command(args, settings)
+    except (StartupError, EmbeddedPostgresError) as exc:
+        return _fail(str(exc))
+
+
+def _run_command(args: argparse.Namespace, settings: Settings) -> int:
     from maestro import runtime
     from maestro.observability.logging import configure_logging
 

@@ -131,15 +131,14 @@ class Worker:
         self._next_due: float | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.steps_finished = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._listener = await asyncpg.connect(self._dsn)
-        await self._listener.add_listener("maestro_steps", self._on_notify)
-        await self._listener.add_listener("maestro_execution_finished", self._on_finished)
+        await self._listen()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="maestro-claim"),
             asyncio.create_task(self._flush_loop(), name="maestro-flush"),
@@ -154,6 +153,18 @@ class Worker:
         await self.start()
         await self._stopping.wait()
         await self.shutdown()
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self._dsn)
+        await self._listener.add_listener("maestro_steps", self._on_notify)
+        await self._listener.add_listener("maestro_execution_finished", self._on_finished)
+
+    async def _ensure_listening(self) -> None:
+        """Reconnect LISTEN after the database went away; until then polling covers us."""
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+            self._wake.set()
+            log.info("worker_listening_again")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -206,7 +217,9 @@ class Worker:
     def _on_finished(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         # A cancelled execution may have steps running here: check our leases now.
         if any(str(ctx.execution_id) == payload for _, ctx in self._inflight.values()):
-            asyncio.get_running_loop().create_task(self._heartbeat_once())
+            task = asyncio.get_running_loop().create_task(self._heartbeat_once())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # ----------------------------------------------------------------- claiming
 
@@ -518,6 +531,7 @@ class Worker:
         interval = max(0.5, self._config.lease_seconds / 2)
         while True:
             try:
+                await self._ensure_listening()
                 async with self._pool.acquire() as conn:
                     await conn.fetchval(sql("reap_expired_leases"), 100)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
