@@ -432,3 +432,28 @@ async def test_worker_logs_carry_correlation_id(
     assert all("req-abc-123" in line and eid in line for line in lines)
     logs = (await client.get(f"/api/executions/{eid}/logs")).json()["items"]
     assert {line["correlationId"] for line in logs} == {"req-abc-123"}
+
+
+async def test_a_result_the_database_refuses_fails_only_its_step(
+    client: httpx.AsyncClient, workers: WorkerHandle, db_dsn: str
+) -> None:
+    async def nul_for_a(ctx: StepContext, config: Any) -> Any:
+        # PostgreSQL's jsonb cannot store U+0000: the batch holding it is refused.
+        return {"text": "bad\x00"} if ctx.step_id == "a" else {"text": "good"}
+
+    await workers.start(handlers=with_noop(nul_for_a))
+    definition = {
+        "name": "poison",
+        "steps": [
+            {"id": "a", "type": "noop"},
+            {"id": "b", "type": "noop"},
+            {"id": "c", "type": "noop"},
+        ],
+    }
+    eid = await start_execution(client, definition)
+    assert await wait_for_status(db_dsn, eid, {"succeeded", "failed"}) == "failed"
+    steps = await steps_of(client, eid)
+    assert steps["a"]["status"] == "dead"
+    assert steps["a"]["error"]["class"] == "internal"
+    assert steps["b"]["status"] == "succeeded"
+    assert steps["b"]["output"] == {"text": "good"}

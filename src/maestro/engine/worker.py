@@ -195,11 +195,18 @@ class Worker:
                     await conn.execute(sql("notify_steps"))
                 log.info("worker_released_steps", released=len(released))
         # Record what finished (waiting for a flush already under way), then stop the loops.
-        while True:
-            async with self._flush_lock:
+        for _ in range(5):
+            async with self._flush_lock:  # wait for a flush already under way
                 if not self._results:
                     break
-                await self._flush_batch(claim_limit=0)
+            try:
+                await self._flush_once(claim_limit=0)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Unrecorded results are not lost: their leases expire and the steps rerun.
+                log.warning(
+                    "complete_failed_at_shutdown", error=str(exc), pending=len(self._results)
+                )
+                await asyncio.sleep(0.5)
         for task in self._loops[1:]:
             task.cancel()
         for task in self._loops[1:]:
@@ -425,53 +432,56 @@ class Worker:
         log.error("complete_rejected", error=str(exc))
         async with self._flush_lock:
             pending, self._results = self._results, []
-            for outcome in pending:
-                self._results = [outcome]
-                try:
-                    await self._flush_batch(claim_limit=0)
-                except asyncpg.PostgresError as single:
-                    if _transient(single):
-                        self._results = pending[pending.index(outcome) :] + self._results[1:]
-                        return
-                    failed = _Outcome(outcome.id, outcome.attempt, "dead")
-                    failed.error = {"class": "internal", "message": "recording the result failed"}
-                    _encode(failed)
-                    self._results = [failed]
-                    try:
-                        await self._flush_batch(claim_limit=0)
-                    except asyncpg.PostgresError as again:
-                        # Leave it to lease expiry; never loop on a poison row.
-                        self._results = []
-                        log.error("complete_dropped", step_run_id=outcome.id, error=str(again))
+            for i, outcome in enumerate(pending):
+                if not await self._record_alone(outcome):
+                    self._results[:0] = pending[i:]  # the database is away: retry later
+                    return
+
+    async def _record_alone(self, outcome: _Outcome) -> bool:
+        """Record one result; False when the database is unavailable (try again later)."""
+        try:
+            await self._record([outcome], claim_limit=0)
+        except asyncpg.PostgresError as exc:
+            if _transient(exc):
+                return False
+            failed = _Outcome(outcome.id, outcome.attempt, "dead")
+            failed.error = {"class": "internal", "message": "recording the step's result failed"}
+            _encode(failed)
+            try:
+                await self._record([failed], claim_limit=0)
+            except asyncpg.PostgresError as again:
+                # Leave the step to lease expiry rather than loop on a poison row.
+                log.error("complete_dropped", step_run_id=outcome.id, error=str(again))
+        return True
 
     async def _flush_once(self, claim_limit: int) -> None:
         async with self._flush_lock:
-            await self._flush_batch(claim_limit)
+            batch, self._results = self._results, []
+            try:
+                await self._record(batch, claim_limit)
+            except BaseException:
+                self._results[:0] = batch
+                raise
 
-    async def _flush_batch(self, claim_limit: int) -> None:
-        batch, self._results = self._results, []
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                tasks = [o for o in batch if o.human_task is not None]
-                if tasks:
-                    await self._insert_human_tasks(conn, tasks)
-                rows = await conn.fetch(
-                    sql("complete_steps"),
-                    self.worker_id,
-                    [o.id for o in batch],
-                    [o.attempt for o in batch],
-                    [o.outcome for o in batch],
-                    [o.output for o in batch],
-                    [o.error_json for o in batch],
-                    [o.run_at for o in batch],
-                    [o.state_json for o in batch],
-                    [o.duration_ms for o in batch],
-                    claim_limit,
-                    self._config.lease_seconds,
-                )
-        except BaseException:
-            self._results[:0] = batch
-            raise
+    async def _record(self, batch: list[_Outcome], claim_limit: int) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            tasks = [o for o in batch if o.human_task is not None]
+            if tasks:
+                await self._insert_human_tasks(conn, tasks)
+            rows = await conn.fetch(
+                sql("complete_steps"),
+                self.worker_id,
+                [o.id for o in batch],
+                [o.attempt for o in batch],
+                [o.outcome for o in batch],
+                [o.output for o in batch],
+                [o.error_json for o in batch],
+                [o.run_at for o in batch],
+                [o.state_json for o in batch],
+                [o.duration_ms for o in batch],
+                claim_limit,
+                self._config.lease_seconds,
+            )
         self.steps_finished += len(batch)
         for row in rows:
             self._start_step(row)
