@@ -5,9 +5,15 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
 .PHONY: up test check lint typecheck bench install clean
 
+# uv comes from PyPI into .tools/ (a venv, or pip --target where venv is unavailable).
 .tools/bin/uv:
-	$(PYTHON) -m venv .tools
-	.tools/bin/pip install --quiet --disable-pip-version-check uv
+	@if $(PYTHON) -m venv .tools 2>/dev/null && .tools/bin/python -m pip --version >/dev/null 2>&1; then \
+		.tools/bin/python -m pip install --quiet --disable-pip-version-check uv; \
+	else \
+		rm -rf .tools && $(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools uv \
+		|| { echo "make: need Python 3.11+ with venv or pip (Debian: apt-get install python3-venv)"; exit 1; }; \
+	fi
+	@test -x .tools/bin/uv
 
 install: $(UV)
 	$(UV) sync --frozen
