@@ -457,3 +457,28 @@ async def test_a_result_the_database_refuses_fails_only_its_step(
     assert steps["a"]["error"]["class"] == "internal"
     assert steps["b"]["status"] == "succeeded"
     assert steps["b"]["output"] == {"text": "good"}
+
+
+async def test_execution_waits_when_only_an_approval_is_left(
+    client: httpx.AsyncClient, workers: WorkerHandle, db_dsn: str
+) -> None:
+    await workers.start()
+    definition = {
+        "name": "branches",
+        "steps": [
+            {"id": "ask", "type": "approval", "actionConfig": {"title": "ok?"}},
+            {"id": "work", "type": "delay", "actionConfig": {"seconds": 0.3}},
+            {"id": "after", "type": "noop", "needs": ["work"]},
+        ],
+    }
+    eid = await start_execution(client, definition)
+    # The approval waits while the other branch runs; once that branch is done the
+    # execution as a whole is waiting for the person.
+    async with asyncio.timeout(10):
+        while (await steps_of(client, eid))["after"]["status"] != "succeeded":
+            await wait_for_status(db_dsn, eid, {"waiting", "running"})
+    assert (await client.get(f"/api/executions/{eid}")).json()["status"] == "waiting"
+    task = (await client.get("/api/human-tasks", params={"executionId": eid})).json()["items"][0]
+    r = await client.post(f"/api/human-tasks/{task['id']}/complete", json={"decision": "approve"})
+    assert r.status_code == 200
+    assert await wait_for_status(db_dsn, eid, {"succeeded", "failed"}) == "succeeded"

@@ -203,6 +203,16 @@ BEGIN
                           WHERE tenant_id = p_tenant AND execution_id = p_execution AND is_leaf)
          WHERE tenant_id = p_tenant AND id = p_execution;
         PERFORM pg_notify('maestro_execution_finished', p_execution::text);
+    ELSIF v_status = 'running' AND coalesce(array_length(v_released, 1), 0) = 0 THEN
+        -- Only delays or approvals are left: the execution is waiting, not running.
+        UPDATE workflow_executions e SET status = 'waiting'
+         WHERE e.tenant_id = p_tenant AND e.id = p_execution
+           AND EXISTS (SELECT 1 FROM step_runs s
+                        WHERE s.tenant_id = p_tenant AND s.execution_id = p_execution
+                          AND s.status = 'waiting')
+           AND NOT EXISTS (SELECT 1 FROM step_runs s
+                            WHERE s.tenant_id = p_tenant AND s.execution_id = p_execution
+                              AND s.status IN ('ready', 'running', 'failed'));
     END IF;
     RETURN v_released;
 END
