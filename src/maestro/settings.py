@@ -48,13 +48,18 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             return data
         for name in _SECRET_FIELDS:
-            file_var = f"MAESTRO_{name.upper()}_FILE"
+            env_name = f"MAESTRO_{name.upper()}"
+            file_var = f"{env_name}_FILE"
             path = os.environ.get(file_var)
-            if path and not os.environ.get(f"MAESTRO_{name.upper()}"):
+            if path and not os.environ.get(env_name) and not data.get(name):
                 try:
-                    data[name] = Path(path).read_text(encoding="utf-8").strip()
+                    value = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as exc:
-                    raise ValueError(f"{file_var}={path} cannot be read: {exc.strerror}") from exc
+                    raise SettingsError(
+                        f"{file_var}={path} cannot be read: {exc.strerror}"
+                    ) from None
+                # database_url is read through its aliases; jwt_secret by its own name.
+                data[env_name if name == "database_url" else name] = value
         return data
 
     @field_validator("log_level")
@@ -77,6 +82,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, turning validation errors into one clear message."""
     try:
         return Settings(**overrides)
+    except SettingsError:
+        raise
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -369,14 +369,16 @@ async def test_graceful_shutdown_finishes_or_releases(
         assert await wait_for_status(db_dsn, eid, {"succeeded"}) == "succeeded"
     else:
         await shutdown  # grace ran out: the step goes back to the queue, not lost
-        status = await pool.fetchval(
-            "SELECT status FROM step_runs WHERE execution_id = $1", uuid.UUID(eid)
+        row = await pool.fetchrow(
+            "SELECT status, attempts FROM step_runs WHERE execution_id = $1", uuid.UUID(eid)
         )
-        assert status == "ready"
+        # Back in the queue, and the interrupted attempt does not count against the retries.
+        assert (row["status"], row["attempts"]) == ("ready", 0)
         workers.workers.remove(worker)
         release.set()
         await workers.start(handlers=with_noop(slow))
         assert await wait_for_status(db_dsn, eid, {"succeeded"}) == "succeeded"
+        assert (await steps_of(client, eid))["s"]["attempts"] == 1
 
 
 async def test_parallel_branches_and_output_of_leaves(
@@ -482,3 +484,39 @@ async def test_execution_waits_when_only_an_approval_is_left(
     r = await client.post(f"/api/human-tasks/{task['id']}/complete", json={"decision": "approve"})
     assert r.status_code == 200
     assert await wait_for_status(db_dsn, eid, {"succeeded", "failed"}) == "succeeded"
+
+
+async def test_a_step_of_a_failed_execution_is_not_retried(
+    client: httpx.AsyncClient, workers: WorkerHandle, db_dsn: str
+) -> None:
+    calls: list[str] = []
+    b_running = asyncio.Event()
+    release_b = asyncio.Event()
+
+    async def handler(ctx: StepContext, config: Any) -> Any:
+        calls.append(ctx.step_id)
+        if ctx.step_id == "a":
+            await b_running.wait()
+            raise StepError(ErrorClass.AUTH, "credentials rejected")  # not retryable
+        b_running.set()
+        await release_b.wait()
+        raise StepError(ErrorClass.NETWORK, "connection reset")  # retryable
+
+    await workers.start(handlers=with_noop(handler))
+    retry = {"maxAttempts": 5, "initialDelaySeconds": 0.01, "maxDelaySeconds": 0.01}
+    definition = {
+        "name": "fails",
+        "steps": [
+            {"id": "a", "type": "noop", "retry": retry},
+            {"id": "b", "type": "noop", "retry": retry},
+        ],
+    }
+    eid = await start_execution(client, definition)
+    assert await wait_for_status(db_dsn, eid, {"failed"}) == "failed"
+    release_b.set()
+    async with asyncio.timeout(10):
+        while (await steps_of(client, eid))["b"]["status"] == "running":
+            await asyncio.sleep(0.05)
+    steps = await steps_of(client, eid)
+    assert steps["b"]["status"] == "cancelled"
+    assert calls.count("b") == 1

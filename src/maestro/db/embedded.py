@@ -327,7 +327,10 @@ class EmbeddedPostgres:
                     ) from exc
                 raise
             self._socket_dir = socket_dir
-            self._dsn = f"postgresql://{DB_USER}@/postgres?host={quote(str(socket_dir), safe='/')}"
+            self._dsn = (
+                f"postgresql://{DB_USER}@/postgres?host={quote(str(socket_dir), safe='/')}"
+                f"&port={PORT}"  # explicit, so that a PGPORT in the environment cannot mislead
+            )
             _log.info(
                 "embedded_pg_started",
                 data_dir=str(self._data_dir),

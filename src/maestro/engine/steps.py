@@ -39,20 +39,14 @@ class StepContext:
 
 
 @dataclass(frozen=True, slots=True)
-class HumanTaskRequest:
-    id: uuid.UUID
-    title: str
-    description: str | None
-    assignees: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class Suspend:
-    """Park the step until ``until`` (None: until something wakes it, e.g. a decision)."""
+    """Park the step until ``until`` (None: until something wakes it, e.g. a decision).
+
+    A ``humanTask`` entry in ``state`` ({title, description, assignees}) opens a human task
+    with id ``state["humanTaskId"]`` in the same transaction that parks the step."""
 
     state: dict[str, Any]
     until: datetime | None = None
-    human_task: HumanTaskRequest | None = None
 
 
 Handler = Callable[[StepContext, Any], Awaitable[Any]]
@@ -90,8 +84,12 @@ async def run_approval(ctx: StepContext, config: Any) -> Any:
     typed = _typed(ApprovalConfig, config)
     state = ctx.state
     if state is None:
-        task = HumanTaskRequest(uuid.uuid4(), typed.title, typed.description, typed.assignees)
-        return Suspend(state={"humanTaskId": str(task.id)}, human_task=task)
+        task = {
+            "title": typed.title,
+            "description": typed.description,
+            "assignees": typed.assignees,
+        }
+        return Suspend(state={"humanTaskId": str(uuid.uuid4()), "humanTask": task})
     decision = state.get("decision")
     if decision is None:
         return Suspend(state=dict(state))

@@ -24,22 +24,18 @@ import asyncpg
 import orjson
 import structlog
 
-from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import CompiledStep, WorkflowCache
 from maestro.engine.retry import ErrorClass, StepError, next_retry_delay
 from maestro.engine.steps import (
     BUILTIN_HANDLERS,
     Handler,
-    HumanTaskRequest,
     StepContext,
     Suspend,
 )
 from maestro.engine.templating import TemplateRenderError, is_truthy
 
 log = structlog.get_logger("maestro.worker")
-
-_INFINITY = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +58,6 @@ class _Outcome:
     run_at: datetime | None = None
     state: dict[str, Any] | None = None
     duration_ms: float = 0.0
-    human_task: HumanTaskRequest | None = None
-    # (tenant, execution id, step id) of the step that asked for the human task.
-    owner: tuple[str, uuid.UUID, str] | None = None
     error_json: str | None = None
     state_json: str | None = None
 
@@ -77,12 +70,7 @@ def _encode(outcome: _Outcome) -> None:
         if outcome.state is not None:
             outcome.state_json = orjson.dumps(outcome.state).decode()
     except TypeError as exc:
-        outcome.outcome, outcome.output, outcome.state, outcome.human_task = (
-            "dead",
-            None,
-            None,
-            None,
-        )
+        outcome.outcome, outcome.output, outcome.state = "dead", None, None
         outcome.error = {"class": "internal", "message": f"the step's result is not JSON: {exc}"}
     if outcome.error is not None:
         outcome.error_json = orjson.dumps(outcome.error).decode()
@@ -347,9 +335,7 @@ class Worker:
                 ctx.attempt,
                 "suspend",
                 state=result.state,
-                run_at=result.until or _INFINITY,
-                human_task=result.human_task,
-                owner=(ctx.tenant, ctx.execution_id, ctx.step_id),
+                run_at=result.until,  # None: until woken (an approval's decision)
             )
         return _Outcome(row["id"], ctx.attempt, "succeeded", output=result)
 
@@ -465,9 +451,6 @@ class Worker:
 
     async def _record(self, batch: list[_Outcome], claim_limit: int) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            tasks = [o for o in batch if o.human_task is not None]
-            if tasks:
-                await self._insert_human_tasks(conn, tasks)
             rows = await conn.fetch(
                 sql("complete_steps"),
                 self.worker_id,
@@ -485,28 +468,6 @@ class Worker:
         self.steps_finished += len(batch)
         for row in rows:
             self._start_step(row)
-
-    async def _insert_human_tasks(self, conn: Conn, batch: list[_Outcome]) -> None:
-        rows = []
-        for o in batch:
-            assert o.human_task is not None
-            assert o.owner is not None
-            task = o.human_task
-            joined = "\x1f".join(task.assignees)
-            rows.append((*o.owner, task.id, task.title, task.description, joined))
-        tenants, executions, step_ids, ids, titles, descriptions, assignees = zip(
-            *rows, strict=True
-        )
-        await conn.execute(
-            sql("insert_human_tasks"),
-            list(tenants),
-            list(ids),
-            list(executions),
-            list(step_ids),
-            list(titles),
-            list(descriptions),
-            list(assignees),
-        )
 
     # ----------------------------------------------------------------- leases
 

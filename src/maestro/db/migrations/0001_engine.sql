@@ -72,8 +72,8 @@ CREATE INDEX workflow_executions_list ON workflow_executions (tenant_id, created
 CREATE INDEX workflow_executions_by_workflow
     ON workflow_executions (tenant_id, workflow_id, created_at DESC, id DESC);
 
--- step_runs is the queue (DESIGN §2). A row is claimable when status is 'ready' or 'failed'
--- (failed = waiting for a retry) and run_at has passed.
+-- step_runs is the queue (DESIGN §2). A row is claimable when status is 'ready', 'failed'
+-- (waiting for a retry) or 'waiting' (a delay, or an approval once decided) and run_at has passed.
 CREATE TABLE step_runs (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id         text NOT NULL,
@@ -103,8 +103,9 @@ CREATE TABLE step_runs (
 );
 -- The claim path: a loose index scan over tenants with claimable work, then the oldest rows
 -- of each tenant. Only claimable rows are in this index, so its size is the ready backlog.
+-- Approvals wait with run_at = 'infinity' and stay out of it.
 CREATE INDEX step_runs_claimable ON step_runs (tenant_id, run_at, id)
-    WHERE status IN ('ready', 'failed');
+    WHERE status IN ('ready', 'failed', 'waiting') AND run_at < 'infinity';
 -- The reaper: leases that expired.
 CREATE INDEX step_runs_leases ON step_runs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX step_runs_dead ON step_runs (tenant_id, finished_at DESC, id DESC) WHERE status = 'dead';

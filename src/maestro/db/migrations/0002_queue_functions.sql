@@ -63,11 +63,12 @@ DECLARE
 BEGIN
     WITH RECURSIVE active(tenant_id) AS (
         (SELECT s.tenant_id FROM step_runs s
-          WHERE s.status IN ('ready', 'failed', 'waiting')
+          WHERE s.status IN ('ready', 'failed', 'waiting') AND s.run_at < 'infinity'
           ORDER BY s.tenant_id LIMIT 1)
         UNION ALL
         SELECT (SELECT s.tenant_id FROM step_runs s
-                 WHERE s.status IN ('ready', 'failed', 'waiting') AND s.tenant_id > a.tenant_id
+                 WHERE s.status IN ('ready', 'failed', 'waiting') AND s.run_at < 'infinity'
+                   AND s.tenant_id > a.tenant_id
                  ORDER BY s.tenant_id LIMIT 1)
           FROM active a WHERE a.tenant_id IS NOT NULL
     )
@@ -84,7 +85,7 @@ BEGIN
                    SELECT s.id FROM step_runs s
                     WHERE s.tenant_id = t.tenant_id
                       AND s.status IN ('ready', 'failed', 'waiting')
-                      AND s.run_at <= now()
+                      AND s.run_at < 'infinity' AND s.run_at <= now()
                     ORDER BY s.run_at, s.id
                     LIMIT v_share
                     FOR UPDATE SKIP LOCKED) c
@@ -100,7 +101,7 @@ BEGIN
                        SELECT s.id FROM step_runs s
                         WHERE s.tenant_id = t.tenant_id
                           AND s.status IN ('ready', 'failed', 'waiting')
-                          AND s.run_at <= now()
+                          AND s.run_at < 'infinity' AND s.run_at <= now()
                           AND s.id <> ALL (v_ids)
                         ORDER BY s.run_at, s.id
                         LIMIT v_missing
@@ -237,6 +238,7 @@ DECLARE
     v_output   jsonb;
     v_error    jsonb;
     v_state    jsonb;
+    v_exec     text;
     v_released bigint[] := '{}';
     v_status   text;
     v_claim    bigint[];
@@ -254,8 +256,9 @@ BEGIN
                output = CASE WHEN v_outcome IN ('succeeded', 'skipped') THEN v_output
                              ELSE s.output END,
                error = v_error,
-               state = CASE WHEN v_outcome = 'suspend' THEN v_state ELSE s.state END,
-               run_at = coalesce(p_run_at[i], s.run_at),
+               state = CASE WHEN v_outcome = 'suspend' THEN v_state - 'humanTask' ELSE s.state END,
+               run_at = CASE WHEN v_outcome = 'suspend' THEN coalesce(p_run_at[i], 'infinity')
+                             ELSE coalesce(p_run_at[i], s.run_at) END,
                finished_at = CASE WHEN v_outcome IN ('succeeded', 'skipped', 'dead') THEN now()
                                   ELSE NULL END,
                lease_expires_at = NULL,
@@ -264,6 +267,18 @@ BEGIN
            AND s.worker_id = p_worker AND s.attempts = p_attempts[i]
         RETURNING s.tenant_id, s.execution_id, s.step_id, s.dependents, s.attempts INTO r;
         CONTINUE WHEN NOT FOUND;
+
+        IF v_outcome IN ('retry', 'suspend') THEN
+            -- The execution may have failed or been cancelled while this step ran:
+            -- then it must not come back.
+            SELECT e.status INTO v_exec FROM workflow_executions e
+             WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id;
+            IF v_exec NOT IN ('queued', 'running', 'waiting') THEN
+                UPDATE step_runs SET status = 'cancelled', finished_at = now(), run_at = now()
+                 WHERE id = p_ids[i];
+                CONTINUE;
+            END IF;
+        END IF;
 
         INSERT INTO workflow_logs (tenant_id, execution_id, step_id, level, event, message, data,
                                    correlation_id)
@@ -290,6 +305,16 @@ BEGIN
                 r.tenant_id, r.execution_id,
                 jsonb_build_object('stepId', r.step_id) || coalesce(v_error, '{}'::jsonb));
         ELSIF v_outcome = 'suspend' THEN
+            IF v_state ? 'humanTask' THEN
+                INSERT INTO human_tasks (tenant_id, id, execution_id, step_id, title, description,
+                                         assignees)
+                VALUES (r.tenant_id, (v_state ->> 'humanTaskId')::uuid, r.execution_id, r.step_id,
+                        v_state -> 'humanTask' ->> 'title',
+                        v_state -> 'humanTask' ->> 'description',
+                        ARRAY(SELECT jsonb_array_elements_text(
+                                  coalesce(v_state -> 'humanTask' -> 'assignees', '[]'))))
+                ON CONFLICT DO NOTHING;
+            END IF;
             UPDATE workflow_executions e SET status = 'waiting'
              WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id AND e.status = 'running'
                AND NOT EXISTS (SELECT 1 FROM step_runs s

@@ -13,8 +13,10 @@ RETURNING id
 
 -- name: release_steps
 -- Graceful shutdown: give unfinished steps back to the queue at once.
+-- The interrupted attempt is given back too: stopping a worker must not burn retries.
 UPDATE step_runs
    SET status = CASE WHEN state IS NOT NULL THEN 'waiting' ELSE 'ready' END,
+       attempts = CASE WHEN state IS NOT NULL THEN attempts ELSE attempts - 1 END,
        run_at = now(), worker_id = NULL, lease_expires_at = NULL
  WHERE id = ANY ($2) AND worker_id = $1 AND status = 'running'
 RETURNING id
@@ -29,14 +31,6 @@ SELECT definition FROM workflow_versions
 -- name: load_step_outputs
 SELECT step_id, output FROM step_runs
  WHERE tenant_id = $1 AND execution_id = $2 AND status = 'succeeded'
-
--- name: insert_human_tasks
-INSERT INTO human_tasks (tenant_id, id, execution_id, step_id, title, description, assignees)
-SELECT t.tenant_id, t.id, t.execution_id, t.step_id, t.title, t.description,
-       string_to_array(t.assignees, E'\x1f')
-  FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
-       AS t(tenant_id, id, execution_id, step_id, title, description, assignees)
-ON CONFLICT DO NOTHING
 
 -- name: ensure_tenant
 INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING
