@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import structlog
@@ -117,14 +118,34 @@ async def _serve_api(server: _Server, host: str, port: int) -> None:
         ) from None
 
 
-async def serve(settings: Settings, dsn: str, what: Processes) -> None:
+class EarlyStop:
+    """Records SIGTERM/SIGINT that arrive before :func:`serve` handles them (e.g. while the
+    embedded PostgreSQL starts or stops), so that `up` finishes that step and then stops
+    cleanly, instead of dying and leaving PostgreSQL running without an owner."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+async def serve(
+    settings: Settings, dsn: str, what: Processes, early_stop: EarlyStop | None = None
+) -> None:
     """Run the API and/or a worker until SIGTERM/SIGINT, then shut down gracefully."""
-    await run_migrations(dsn)
-    pool: asyncpg.Pool = await create_pool(dsn, max_size=settings.db_pool_size)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if early_stop is not None and early_stop.requested:
+        return
+    await run_migrations(dsn)
+    pool: asyncpg.Pool = await create_pool(dsn, max_size=settings.db_pool_size)
     tasks: list[asyncio.Task[None]] = []
     worker: Worker | None = None
     server: _Server | None = None

@@ -80,13 +80,14 @@ def hash_api_key(key: str) -> bytes:
 def _principal_from_jwt(token: str, secret: str) -> Principal:
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["sub", "tenant"]}
+            token, secret, algorithms=["HS256"], options={"require": ["sub", "tenant", "exp"]}
         )
     except jwt.ExpiredSignatureError:
         raise _unauthenticated("the token has expired; ask for a new one") from None
     except jwt.InvalidTokenError:
         raise _unauthenticated(
-            "the bearer token is not a valid JWT signed by this server"
+            "the bearer token is not a valid JWT signed by this server (claims sub, tenant "
+            "and exp are required)"
         ) from None
     tenant, roles = claims.get("tenant"), claims.get("roles", [])
     if not isinstance(tenant, str) or not _TENANT.match(tenant):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -111,6 +112,17 @@ def install_error_handlers(app: FastAPI) -> None:
             f"the request is not valid{where}: {first['message']}",
             instance=request.url.path,
             errors=errors,
+        )
+
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)  # "\u0000" in jsonb
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)  # NUL in text
+    async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
+        # The transaction rolled back; the input, not the server, is at fault.
+        return problem(
+            422,
+            "invalid_request",
+            "the request contains a NUL character (\\u0000), which cannot be stored; remove it",
+            instance=request.url.path,
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("maestro.api")
@@ -72,7 +73,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         try:
@@ -80,6 +81,17 @@ class RequestContextMiddleware:
         except _BodyTooLarge:
             if "status" not in status_holder:
                 await self._too_large(send_with_headers, limit)
+        except Exception:
+            # Starlette's outermost error middleware logs the exception and would answer
+            # without our headers; answer here so the 500 carries the request id too.
+            if "status" not in status_holder:
+                await self._send_problem(
+                    send_with_headers,
+                    500,
+                    "internal_error",
+                    "the server failed to handle this request; it was logged with its X-Request-ID",
+                )
+            raise
         finally:
             if scope["path"] not in ("/healthz", "/readyz", "/metrics"):
                 log.info(
@@ -92,13 +104,17 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _too_large(send: Send, limit: int) -> None:
-        body = _problem_bytes(
-            413, "payload_too_large", f"the request body is larger than {limit} bytes; send less"
+        await RequestContextMiddleware._send_problem(
+            send, 413, "payload_too_large", _too_large_detail(limit)
         )
+
+    @staticmethod
+    async def _send_problem(send: Send, status: int, code: str, detail: str) -> None:
+        body = _problem_bytes(status, code, detail)
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(body)).encode()),
@@ -108,5 +124,13 @@ class RequestContextMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _too_large_detail(limit: int) -> str:
+    return f"the request body is larger than {limit} bytes; send less"
+
+
+class _BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI, which turns other errors raised while it reads a body
+    into a 400, lets it through to the problem+json handler as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_detail(limit))

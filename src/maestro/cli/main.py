@@ -92,6 +92,8 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         port = args.port or settings.port
         secret = runtime.resolve_jwt_secret(settings, generate=True)
         settings = settings.model_copy(update={"jwt_secret": secret})
+        early_stop = runtime.EarlyStop()
+        early_stop.install()
         with runtime.database(settings) as dsn:
             token = issue_token(
                 secret, subject="admin", tenant="default", roles=["admin"], ttl=30 * 86_400
@@ -101,11 +103,11 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             token_path.chmod(0o600)
             print(f"Maestro Composer is starting on http://{host}:{port}", flush=True)
             print(f"Admin token (tenant 'default', also in {token_path}):\n{token}", flush=True)
-            asyncio.run(
-                runtime.serve(
-                    settings, dsn, runtime.Processes(api=True, worker=True, host=host, port=port)
-                )
-            )
+            what = runtime.Processes(api=True, worker=True, host=host, port=port)
+            try:
+                asyncio.run(runtime.serve(settings, dsn, what, early_stop))
+            finally:
+                early_stop.install()  # asyncio.run put the default handlers back
         return 0
 
     server_dsn = settings.database_url

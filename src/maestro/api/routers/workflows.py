@@ -308,27 +308,30 @@ async def execute(
     request: Request,
     principal: CurrentPrincipal,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> dict[str, Any]:
     authorize(principal, Action.OPERATE)
     cache = request.app.state.compiled
     async with pool(request).acquire() as conn:
         row = await _load(conn, principal.tenant, workflow_id)
-        _not_archived(row)
-        version = body.version or row["latest_version"]
-        if version is None:
-            raise ApiError(
-                409,
-                "workflow_not_published",
-                "this workflow has no published version; POST .../publish first",
-            )
-        try:
-            compiled = await cache.get(principal.tenant, row["id"], version)
-        except LookupError:
-            raise not_found("workflow_version", f"{workflow_id} v{version}") from None
-        body_hash = None
-        if idempotency_key is not None:
-            body_hash = request_hash(row["id"], body.model_dump(mode="json"))
+    _not_archived(row)
+    version = body.version or row["latest_version"]
+    if version is None:
+        raise ApiError(
+            409,
+            "workflow_not_published",
+            "this workflow has no published version; POST .../publish first",
+        )
+    # Not while holding a connection: on a cache miss the loader borrows one of its own, and
+    # a burst of executes holding every pooled connection would wait on each other forever.
+    try:
+        compiled = await cache.get(principal.tenant, row["id"], version)
+    except LookupError:
+        raise not_found("workflow_version", f"{workflow_id} v{version}") from None
+    body_hash = None
+    if idempotency_key is not None:
+        body_hash = request_hash(row["id"], body.model_dump(mode="json"))
+    async with pool(request).acquire() as conn:
         try:
             enqueued = await create_execution(
                 conn,

@@ -160,6 +160,7 @@ DECLARE
     r           record;
     v_status    text;
     v_remaining integer;
+    v_correlation text;
 BEGIN
     -- Bookkeeping runs even when the execution already failed, so that a replay finds every
     -- step's needs counted correctly; only an active execution makes steps ready.
@@ -202,7 +203,11 @@ BEGIN
                output = (SELECT coalesce(jsonb_object_agg(step_id, output), '{}'::jsonb)
                            FROM step_runs
                           WHERE tenant_id = p_tenant AND execution_id = p_execution AND is_leaf)
-         WHERE tenant_id = p_tenant AND id = p_execution;
+         WHERE tenant_id = p_tenant AND id = p_execution
+        RETURNING correlation_id INTO v_correlation;
+        INSERT INTO workflow_logs (tenant_id, execution_id, level, event, message, correlation_id)
+        VALUES (p_tenant, p_execution, 'info', 'execution_succeeded', 'execution succeeded',
+                v_correlation);
         PERFORM pg_notify('maestro_execution_finished', p_execution::text);
     ELSIF v_status = 'running' AND coalesce(array_length(v_released, 1), 0) = 0 THEN
         -- Only delays or approvals are left: the execution is waiting, not running.
@@ -368,9 +373,11 @@ BEGIN
                                  lease_expires_at = NULL, worker_id = NULL
              WHERE id = r.id;
         END IF;
-        INSERT INTO workflow_logs (tenant_id, execution_id, step_id, level, event, message)
-        VALUES (r.tenant_id, r.execution_id, r.step_id, 'warning', 'step_lease_expired',
-                v_error ->> 'message');
+        INSERT INTO workflow_logs (tenant_id, execution_id, step_id, level, event, message,
+                                   correlation_id)
+        SELECT r.tenant_id, r.execution_id, r.step_id, 'warning', 'step_lease_expired',
+               v_error ->> 'message', e.correlation_id
+          FROM workflow_executions e WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id;
         v_count := v_count + 1;
     END LOOP;
     IF v_count > 0 THEN
@@ -401,9 +408,10 @@ BEGIN
      WHERE tenant_id = p_tenant AND execution_id = p_execution
        AND (status IN ('dead', 'cancelled') OR (status = 'pending' AND pending_needs = 0));
     GET DIAGNOSTICS v_count = ROW_COUNT;
-    INSERT INTO workflow_logs (tenant_id, execution_id, level, event, message)
-    VALUES (p_tenant, p_execution, 'info', 'execution_replayed',
-            'execution replayed: ' || v_count || ' step(s) re-queued');
+    INSERT INTO workflow_logs (tenant_id, execution_id, level, event, message, correlation_id)
+    SELECT p_tenant, p_execution, 'info', 'execution_replayed',
+           'execution replayed: ' || v_count || ' step(s) re-queued', e.correlation_id
+      FROM workflow_executions e WHERE e.tenant_id = p_tenant AND e.id = p_execution;
     PERFORM pg_notify('maestro_steps', '');
     RETURN v_count;
 END
@@ -429,8 +437,10 @@ BEGIN
        AND status IN ('pending', 'ready', 'running', 'failed', 'waiting');
     UPDATE human_tasks SET status = 'cancelled', decided_at = now()
      WHERE tenant_id = p_tenant AND execution_id = p_execution AND status = 'open';
-    INSERT INTO workflow_logs (tenant_id, execution_id, level, event, message)
-    VALUES (p_tenant, p_execution, 'info', 'execution_cancelled', 'execution cancelled by request');
+    INSERT INTO workflow_logs (tenant_id, execution_id, level, event, message, correlation_id)
+    SELECT p_tenant, p_execution, 'info', 'execution_cancelled', 'execution cancelled by request',
+           e.correlation_id
+      FROM workflow_executions e WHERE e.tenant_id = p_tenant AND e.id = p_execution;
     PERFORM pg_notify('maestro_execution_finished', p_execution::text);
     RETURN true;
 END
