@@ -173,19 +173,6 @@ class LeasesLeftBehind(AssertionError):
     """Only this failure is the known bug; any other failure fails the xfail test for real."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LeasesLeftBehind,
-    reason=(
-        "worker.py shutdown leaks leases: (1) shutdown() cancels the claim loop while its "
-        "claim_steps query is in flight; the claim commits in the database but the rows are "
-        "never started, so they stay 'running' under the stopped worker until the lease expires "
-        "(seen: two s0 rows claimed 0.5 ms before maestro_stopping); (2) a flush begun before "
-        "SIGTERM with claim_limit > 0 returns newly claimed rows after shutdown() took its "
-        "in-flight snapshot, and their results are never recorded or released. Either way a "
-        "SIGTERMed worker leaves steps 'running' (re-run only after lease expiry + reaper)."
-    ),
-)
 async def test_sigterm_a_worker_mid_drain_leaves_no_step_running(
     spawn: Spawner, db_dsn: str, db: asyncpg.Connection
 ) -> None:

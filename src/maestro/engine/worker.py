@@ -162,26 +162,34 @@ class Worker:
         """Stop claiming, let in-flight steps finish within the grace period, release the rest."""
         self._stopping.set()
         self._wake.set()
+        self._slot_free.set()
+        deadline = time.monotonic() + self._config.shutdown_grace_seconds
         claim = self._loops[0] if self._loops else None
         if claim is not None:
+            # Let a claim under way finish: the rows it took are ours to run or release.
+            await asyncio.wait([claim], timeout=max(0.1, deadline - time.monotonic()))
             claim.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await claim
-        tasks = [t for t, _ in self._inflight.values()]
-        if tasks:
-            log.info("worker_draining", in_flight=len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace_seconds)
-            unfinished = [sid for sid, (t, _) in list(self._inflight.items()) if t in pending]
-            for sid in unfinished:
+        # A flush that began before the stop may have claimed the next steps of chains; once
+        # it is done no step can start any more (later flushes claim nothing).
+        async with self._flush_lock:
+            pass
+        if self._inflight:
+            log.info("worker_draining", in_flight=len(self._inflight))
+        while self._inflight and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait([t for t, _ in self._inflight.values()], timeout=remaining)
+        unfinished = list(self._inflight)
+        if unfinished:
+            tasks = [self._inflight[sid][0] for sid in unfinished]
+            for sid, task in zip(unfinished, tasks, strict=True):
                 self._lost.add(sid)
-                self._inflight[sid][0].cancel()
-            if pending:
-                await asyncio.wait(pending)
-            if unfinished:
-                async with self._pool.acquire() as conn:
-                    released = await conn.fetch(sql("release_steps"), self.worker_id, unfinished)
-                    await conn.execute(sql("notify_steps"))
-                log.info("worker_released_steps", released=len(released))
+                task.cancel()
+            await asyncio.wait(tasks)
+            async with self._pool.acquire() as conn:
+                released = await conn.fetch(sql("release_steps"), self.worker_id, unfinished)
+                await conn.execute(sql("notify_steps"))
+            log.info("worker_released_steps", released=len(released))
         # Record what finished (waiting for a flush already under way), then stop the loops.
         for _ in range(5):
             async with self._flush_lock:  # wait for a flush already under way
