@@ -8,7 +8,6 @@ import secrets
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 import asyncpg
@@ -177,11 +176,14 @@ async def serve(
     finally:
         if server is not None:
             server.should_exit = True
-        for task in tasks:
-            with contextlib.suppress(Exception):
-                await task
-        if worker is not None:
-            await worker.shutdown()
+
+        async def drain_api() -> None:
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await task
+
+        # API and worker drain at the same time: `up` stops within one grace period.
+        await asyncio.gather(drain_api(), *([worker.shutdown()] if worker is not None else []))
         if health is not None:
             health.close()
             await health.wait_closed()
@@ -191,7 +193,3 @@ async def serve(
             if isinstance(exc, StartupError):
                 raise exc
             raise RuntimeError("the API server stopped unexpectedly") from exc
-
-
-def data_path(settings: Settings, name: str) -> Path:
-    return settings.data_dir / name
