@@ -106,8 +106,11 @@ CREATE TABLE step_runs (
 -- Approvals wait with run_at = 'infinity' and stay out of it.
 CREATE INDEX step_runs_claimable ON step_runs (tenant_id, run_at, id)
     WHERE status IN ('ready', 'failed', 'waiting') AND run_at < 'infinity';
--- The reaper: leases that expired.
-CREATE INDEX step_runs_leases ON step_runs (lease_expires_at) WHERE status = 'running';
+-- The reaper: leases that expired. Deliberately not "WHERE status = 'running'": with that
+-- predicate, generic plans for "UPDATE ... WHERE id = $1 AND status = 'running'" chose this
+-- index over the primary key and scanned every running step per completed step.
+CREATE INDEX step_runs_leases ON step_runs (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX step_runs_dead ON step_runs (tenant_id, finished_at DESC, id DESC) WHERE status = 'dead';
 
 CREATE TABLE workflow_logs (

@@ -237,7 +237,7 @@ CREATE FUNCTION maestro_complete_steps(
     p_durations_ms float8[], p_claim_limit integer, p_lease_seconds float8)
 RETURNS SETOF maestro_claimed LANGUAGE plpgsql AS $$
 DECLARE
-    i          integer;
+    o          record;
     r          record;
     v_outcome  text;
     v_output   jsonb;
@@ -248,12 +248,18 @@ DECLARE
     v_status   text;
     v_claim    bigint[];
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+    -- Iterate over unnest(), not o.id: subscripting a large array parameter inside a
+    -- statement copies it each time, which made big batches quadratic.
+    FOR o IN
+        SELECT * FROM unnest(p_ids, p_attempts, p_outcomes, p_outputs, p_errors, p_run_at,
+                             p_states, p_durations_ms)
+               AS t(id, attempt, outcome, output, error, run_at, state, duration_ms)
+    LOOP
         -- JSON arrives as text: a driver cannot tell a JSON list from an array dimension.
-        v_outcome := p_outcomes[i];
-        v_output := p_outputs[i]::jsonb;
-        v_error := p_errors[i]::jsonb;
-        v_state := p_states[i]::jsonb;
+        v_outcome := o.outcome;
+        v_output := o.output::jsonb;
+        v_error := o.error::jsonb;
+        v_state := o.state::jsonb;
         UPDATE step_runs s
            SET status = CASE v_outcome WHEN 'retry' THEN 'failed'
                                        WHEN 'suspend' THEN 'waiting'
@@ -262,14 +268,14 @@ BEGIN
                              ELSE s.output END,
                error = v_error,
                state = CASE WHEN v_outcome = 'suspend' THEN v_state - 'humanTask' ELSE s.state END,
-               run_at = CASE WHEN v_outcome = 'suspend' THEN coalesce(p_run_at[i], 'infinity')
-                             ELSE coalesce(p_run_at[i], s.run_at) END,
+               run_at = CASE WHEN v_outcome = 'suspend' THEN coalesce(o.run_at, 'infinity')
+                             ELSE coalesce(o.run_at, s.run_at) END,
                finished_at = CASE WHEN v_outcome IN ('succeeded', 'skipped', 'dead') THEN now()
                                   ELSE NULL END,
                lease_expires_at = NULL,
                worker_id = NULL
-         WHERE s.id = p_ids[i] AND s.status = 'running'
-           AND s.worker_id = p_worker AND s.attempts = p_attempts[i]
+         WHERE s.id = o.id AND s.status = 'running'
+           AND s.worker_id = p_worker AND s.attempts = o.attempt
         RETURNING s.tenant_id, s.execution_id, s.step_id, s.dependents, s.attempts INTO r;
         CONTINUE WHEN NOT FOUND;
 
@@ -280,7 +286,7 @@ BEGIN
              WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id;
             IF v_exec NOT IN ('queued', 'running', 'waiting') THEN
                 UPDATE step_runs SET status = 'cancelled', finished_at = now(), run_at = now()
-                 WHERE id = p_ids[i];
+                 WHERE id = o.id;
                 CONTINUE;
             END IF;
         END IF;
@@ -292,12 +298,12 @@ BEGIN
                'step_' || CASE v_outcome WHEN 'retry' THEN 'failed' WHEN 'suspend' THEN 'waiting'
                                           ELSE v_outcome END,
                'step ' || r.step_id || ' attempt ' || r.attempts || ' '
-                   || CASE v_outcome WHEN 'retry' THEN 'failed; retry at ' || p_run_at[i]::text
+                   || CASE v_outcome WHEN 'retry' THEN 'failed; retry at ' || o.run_at::text
                                      WHEN 'suspend' THEN 'is waiting'
                                      ELSE v_outcome END
                    || coalesce(': ' || (v_error ->> 'class') || ': '
                                     || (v_error ->> 'message'), ''),
-               jsonb_build_object('attempt', r.attempts, 'durationMs', round(p_durations_ms[i]::numeric, 3)),
+               jsonb_build_object('attempt', r.attempts, 'durationMs', round(o.duration_ms::numeric, 3)),
                e.correlation_id
           FROM workflow_executions e WHERE e.tenant_id = r.tenant_id AND e.id = r.execution_id;
 
