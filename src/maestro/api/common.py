@@ -79,3 +79,17 @@ async def audit(
         details,
         request.state.request_id,
     )
+
+
+def page(
+    rows: list[asyncpg.Record],
+    limit: int,
+    to_json: Callable[[asyncpg.Record], dict[str, Any]],
+    *cursor_columns: str,
+) -> dict[str, Any]:
+    """One page of a list fetched with ``limit + 1`` rows: items and the cursor of the next."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    next_cursor = encode_cursor(*(last[c] for c in cursor_columns)) if more and last else None
+    return {"items": [to_json(r) for r in rows], "nextCursor": next_cursor}

@@ -5,15 +5,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Query, Request
 
 from maestro.api.auth import Action, authorize
-from maestro.api.common import CurrentPrincipal, decode_cursor, encode_cursor, iso, pool
+from maestro.api.common import CurrentPrincipal, decode_cursor, iso, page, pool
 from maestro.api.errors import not_found
 from maestro.api.routers.executions import replay_execution
 from maestro.db.queries import sql
 
 router = APIRouter(prefix="/api/dlq", tags=["dlq"])
+
+
+def dead_step_json(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "stepRunId": r["id"],
+        "executionId": str(r["execution_id"]),
+        "workflowId": str(r["workflow_id"]),
+        "workflowVersion": r["workflow_version"],
+        "stepId": r["step_id"],
+        "type": r["step_type"],
+        "attempts": r["attempts"],
+        "error": r["error"],
+        "failedAt": iso(r["finished_at"]),
+    }
 
 
 @router.get("")
@@ -33,24 +48,7 @@ async def list_dead(
             after[1] if after else None,
             limit + 1,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [
-        {
-            "stepRunId": r["id"],
-            "executionId": str(r["execution_id"]),
-            "workflowId": str(r["workflow_id"]),
-            "workflowVersion": r["workflow_version"],
-            "stepId": r["step_id"],
-            "type": r["step_type"],
-            "attempts": r["attempts"],
-            "error": r["error"],
-            "failedAt": iso(r["finished_at"]),
-        }
-        for r in rows
-    ]
-    next_cursor = encode_cursor(rows[-1]["finished_at"], rows[-1]["id"]) if more else None
-    return {"items": items, "nextCursor": next_cursor}
+    return page(rows, limit, dead_step_json, "finished_at", "id")
 
 
 @router.post("/{step_run_id}/replay", status_code=202)

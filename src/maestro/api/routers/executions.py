@@ -14,8 +14,8 @@ from maestro.api.common import (
     CurrentPrincipal,
     audit,
     decode_cursor,
-    encode_cursor,
     iso,
+    page,
     parse_uuid,
     pool,
 )
@@ -117,10 +117,7 @@ async def list_executions(
             after[1] if after else None,
             limit + 1,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
-    return {"items": [execution_json(r) for r in rows], "nextCursor": next_cursor}
+    return page(rows, limit, execution_json, "created_at", "id")
 
 
 @router.post("/{execution_id}/cancel")

@@ -15,8 +15,8 @@ from maestro.api.common import (
     CurrentPrincipal,
     audit,
     decode_cursor,
-    encode_cursor,
     iso,
+    page,
     parse_uuid,
     pool,
 )
@@ -163,10 +163,7 @@ async def list_workflows(
             after[1] if after else None,
             limit + 1,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
-    return {"items": [workflow_json(r) for r in rows], "nextCursor": next_cursor}
+    return page(rows, limit, workflow_json, "created_at", "id")
 
 
 @router.get("/{workflow_id}")
