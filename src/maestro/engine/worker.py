@@ -259,6 +259,13 @@ class Worker:
                 timeout = max(until_due, 0.0)
         return timeout
 
+    def _wake_at(self, due: float) -> None:
+        """Claim again at ``due`` (monotonic): a retry or a delay of ours comes due then,
+        sooner than the next poll, and nothing will NOTIFY about it."""
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
+        self._wake.set()
+
     async def _sleep_or_wake(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -338,6 +345,8 @@ class Worker:
                 ErrorClass.TIMEOUT, f"step did not finish within {step.timeout_seconds:g}s"
             ) from None
         if isinstance(result, Suspend):
+            if result.until is not None:
+                self._wake_at(time.monotonic() + (result.until - ctx.now()).total_seconds())
             return _Outcome(
                 row["id"],
                 ctx.attempt,
@@ -382,10 +391,7 @@ class Worker:
         )
         if delay is None:
             return _Outcome(row["id"], attempt, "dead", error=error)
-        due = time.monotonic() + delay
-        if self._next_due is None or due < self._next_due:
-            self._next_due = due
-        self._wake.set()
+        self._wake_at(time.monotonic() + delay)
         return _Outcome(
             row["id"],
             attempt,
