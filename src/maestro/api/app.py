@@ -11,7 +11,15 @@ from fastapi import FastAPI
 
 from maestro.api.errors import install_error_handlers
 from maestro.api.middleware import RequestContextMiddleware
-from maestro.api.routers import api_keys, dlq, executions, health, human_tasks, workflows
+from maestro.api.routers import (
+    api_keys,
+    connections,
+    dlq,
+    executions,
+    health,
+    human_tasks,
+    workflows,
+)
 from maestro.db.queries import sql
 from maestro.engine.compiled import WorkflowCache
 from maestro.settings import Settings
@@ -42,7 +50,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, workflows, executions, dlq, human_tasks, api_keys):
+    for module in (health, workflows, executions, dlq, human_tasks, connections, api_keys):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

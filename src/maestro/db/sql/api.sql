@@ -139,3 +139,23 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 
 -- name: pending_migration_count
 SELECT count(*) FROM schema_migrations
+
+-- name: insert_connection
+INSERT INTO connections (tenant_id, name, type, description, config, created_by)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- name: list_connections
+SELECT * FROM connections WHERE tenant_id = $1 ORDER BY name
+
+-- name: get_connection
+SELECT * FROM connections WHERE tenant_id = $1 AND name = $2
+
+-- name: update_connection
+UPDATE connections SET type = $3, description = $4, config = $5, updated_at = now()
+ WHERE tenant_id = $1 AND name = $2
+RETURNING *
+
+-- name: delete_connection
+DELETE FROM connections WHERE tenant_id = $1 AND name = $2 RETURNING name
