@@ -87,7 +87,8 @@ def _reference_problem(ref: str) -> str | None:
                 "vault://mount/path#key with a plain path such as team/app"
             )
         return None
-    return f"{ref!r} is not a secret reference; {ACCEPTED_FORMS}"
+    # Not echoed: a value with no known scheme may be the secret itself, pasted by mistake.
+    return f"the value is not a secret reference; {ACCEPTED_FORMS}"
 
 
 class SecretRef(BaseModel):

@@ -102,13 +102,26 @@ async def test_defaults_are_filled_in(client: httpx.AsyncClient) -> None:
 async def test_a_plain_secret_is_refused_and_never_echoed(
     client: httpx.AsyncClient, kind: str, config: dict[str, Any], path: str
 ) -> None:
+    await _refused_without_echo(client, kind, config, path, "secret_must_be_reference")
+
+
+async def test_a_secret_pasted_as_a_reference_is_not_echoed(client: httpx.AsyncClient) -> None:
+    config = {"botToken": {"secretRef": "xoxb-plain-secret-value"}}
+    await _refused_without_echo(
+        client, "slack", config, "config.botToken.secretRef", "invalid_connection"
+    )
+
+
+async def _refused_without_echo(
+    client: httpx.AsyncClient, kind: str, config: dict[str, Any], path: str, code: str
+) -> None:
     r = await client.post("/api/connections", json={"name": "c", "type": kind, "config": config})
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
-    assert problem["code"] == "secret_must_be_reference"
+    assert problem["code"] == code
     assert path in [e["path"] for e in problem["errors"]]
-    assert "secretRef" in problem["detail"]
+    assert "secretRef" in problem["detail"] or "env://" in problem["detail"]
     assert "plain-secret-value" not in r.text
     assert (await client.get("/api/connections/c")).status_code == 404
 
