@@ -110,7 +110,12 @@ class WorkerHandle:
         self.pool, self.dsn = pool, dsn
         self.workers: list[Worker] = []
 
-    async def start(self, handlers: dict[str, Any] | None = None, **overrides: Any) -> Worker:
+    async def start(
+        self,
+        handlers: dict[str, Any] | None = None,
+        secret_values: Any = None,
+        **overrides: Any,
+    ) -> Worker:
         config = WorkerConfig(
             **{
                 "lease_seconds": 5.0,
@@ -119,7 +124,7 @@ class WorkerHandle:
                 **overrides,
             }
         )
-        worker = Worker(self.pool, self.dsn, config, handlers=handlers)
+        worker = Worker(self.pool, self.dsn, config, handlers=handlers, secret_values=secret_values)
         await worker.start()
         self.workers.append(worker)
         return worker

@@ -15,6 +15,8 @@ import structlog
 import uvicorn
 
 from maestro.api.app import create_app
+from maestro.connectors.base import ConnectorResources
+from maestro.connectors.registry import connector_resources, step_handlers
 from maestro.db.embedded import EmbeddedPostgres
 from maestro.db.migrate import migrate
 from maestro.db.pool import connect, create_pool
@@ -147,11 +149,19 @@ async def serve(
     pool: asyncpg.Pool = await create_pool(dsn, max_size=settings.db_pool_size)
     tasks: list[asyncio.Task[None]] = []
     worker: Worker | None = None
+    resources: ConnectorResources | None = None
     server: _Server | None = None
     health: asyncio.AbstractServer | None = None
     try:
         if what.worker:
-            worker = Worker(pool, dsn, worker_config(settings))
+            resources = connector_resources(pool, settings)
+            worker = Worker(
+                pool,
+                dsn,
+                worker_config(settings),
+                handlers=step_handlers(resources),
+                secret_values=resources.secrets.known_values,
+            )
             await worker.start()
         if what.api:
             app = create_app(settings, pool)
@@ -184,6 +194,8 @@ async def serve(
 
         # API and worker drain at the same time: `up` stops within one grace period.
         await asyncio.gather(drain_api(), *([worker.shutdown()] if worker is not None else []))
+        if resources is not None:
+            await resources.aclose()
         if health is not None:
             health.close()
             await health.wait_closed()

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_SECRET_FIELDS = ("jwt_secret", "database_url")
+_SECRET_FIELDS = ("jwt_secret", "database_url", "vault_token")
 
 
 class SettingsError(Exception):
@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=2, le=200)
     log_level: str = "info"
     worker_id: str | None = None
+    # Secret references: vault://mount/path#key reads HashiCorp Vault KV v2.
+    vault_addr: str | None = None
+    vault_token: str | None = None
+    vault_kubernetes_role: str | None = None
+    vault_kubernetes_mount: str = "kubernetes"
+    vault_kubernetes_token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+    vault_namespace: str | None = None
+    secret_cache_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
     @model_validator(mode="before")
     @classmethod

@@ -272,7 +272,8 @@ async def test_expired_lease_is_reclaimed_by_another_worker(
     # The ghost comes back and reports success for its attempt: it is ignored (fencing).
     row = claimed[0]
     await pool.fetch(
-        "SELECT * FROM maestro_complete_steps('ghost', $1, $2, $3, $4, $5, $6, $7, $8, 0, 30)",
+        "SELECT * FROM maestro_complete_steps('ghost', $1, $2, $3, $4, $5, $6, $7, $8, "
+        "$9, $10, 0, 30)",
         [row["id"]],
         [row["attempts"]],
         ["succeeded"],
@@ -281,6 +282,8 @@ async def test_expired_lease_is_reclaimed_by_another_worker(
         [None],
         [None],
         [1.0],
+        [None],
+        [None],
     )
     assert (await steps_of(client, eid))["s"]["output"] == {}
     successes = await pool.fetchval(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from maestro.engine.compiled import CompiledWorkflow
 from maestro.engine.templating import TemplateRenderError, is_truthy
 
+Describer = Callable[[Mapping[str, Any]], dict[str, Any]]
+
 
 def simulate(
-    workflow: CompiledWorkflow, input: dict[str, Any], *, workflow_id: str, version: int | None
+    workflow: CompiledWorkflow,
+    input: dict[str, Any],
+    *,
+    workflow_id: str,
+    version: int | None,
+    describers: Mapping[str, Describer] | None = None,
 ) -> dict[str, Any]:
     """Render steps in order. A noop's output is its rendered config, so later steps can use it;
     other outputs are unknown until run, and templates that need them are reported deferred."""
@@ -39,6 +47,13 @@ def simulate(
                 entry["condition"] = bool(is_truthy(step.condition.render(context)))
             entry["actionConfig"] = step.config.render(context)
             entry["wouldRun"] = entry.get("condition", True)
+            describe = (describers or {}).get(step.type)
+            if describe is not None:
+                try:
+                    entry["call"] = describe(entry["actionConfig"])
+                except (ValueError, TypeError, KeyError) as exc:
+                    entry["error"] = {"class": "validation", "message": str(exc)}
+                    problems.append({"stepId": step_id, "message": str(exc)})
             if step.type == "noop" and entry["wouldRun"]:
                 known[step_id] = entry["actionConfig"]
             else:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from maestro.engine.steps import (
     Suspend,
 )
 from maestro.engine.templating import TemplateRenderError, is_truthy
+from maestro.secrets import scrub, scrub_json
 
 log = structlog.get_logger("maestro.worker")
 
@@ -52,7 +54,7 @@ class WorkerConfig:
 class _Outcome:
     id: int
     attempt: int
-    outcome: str  # succeeded | skipped | retry | dead | suspend
+    outcome: str  # succeeded | skipped | retry | defer | dead | suspend
     output: Any = None
     error: dict[str, Any] | None = None
     run_at: datetime | None = None
@@ -60,17 +62,30 @@ class _Outcome:
     duration_ms: float = 0.0
     error_json: str | None = None
     state_json: str | None = None
+    input_sha256: str | None = None
+    output_sha256: str | None = None
 
 
-def _encode(outcome: _Outcome) -> None:
-    """Serialize JSON once, here: a value that is not JSON fails its step, not the batch."""
+def _canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _encode(outcome: _Outcome, secrets: frozenset[str] = frozenset()) -> None:
+    """Serialize JSON once, here: a value that is not JSON fails its step, not the batch.
+    Secret values a connector resolved never leave the worker: they are scrubbed first."""
+    if secrets:
+        outcome.output = scrub_json(outcome.output, secrets)
+        outcome.error = scrub_json(outcome.error, secrets)
     try:
         if outcome.output is not None:
-            outcome.output = orjson.dumps(outcome.output).decode()
+            canonical = _canonical(outcome.output)
+            outcome.output = canonical.decode()
+            outcome.output_sha256 = hashlib.sha256(canonical).hexdigest()
         if outcome.state is not None:
             outcome.state_json = orjson.dumps(outcome.state).decode()
     except TypeError as exc:
         outcome.outcome, outcome.output, outcome.state = "dead", None, None
+        outcome.output_sha256 = None
         outcome.error = {"class": "internal", "message": f"the step's result is not JSON: {exc}"}
     if outcome.error is not None:
         outcome.error_json = orjson.dumps(outcome.error).decode()
@@ -101,11 +116,14 @@ class Worker:
         dsn: str,
         config: WorkerConfig,
         handlers: Mapping[str, Handler] | None = None,
+        secret_values: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._pool = pool
         self._dsn = dsn
         self._config = config
         self._handlers = dict(BUILTIN_HANDLERS if handlers is None else handlers)
+        # The secret values resolved so far (to scrub from outputs, errors and logs).
+        self._secret_values = secret_values or frozenset
         self.worker_id = config.worker_id or default_worker_id()
         self._cache = WorkflowCache(self._load_version)
         self._inflight: dict[int, tuple[asyncio.Task[None], Any]] = {}
@@ -297,17 +315,23 @@ class Worker:
         started = time.perf_counter()
         outcome: _Outcome | None = None
         step: CompiledStep | None = None
+        input_digest: list[str] = []
         try:
             workflow = await self._cache.get(ctx.tenant, ctx.workflow_id, row["workflow_version"])
             step = workflow.steps[ctx.step_id]
-            outcome = await self._execute(row, ctx, step)
+            outcome = await self._execute(row, ctx, step, input_digest)
         except asyncio.CancelledError:
             # Lost lease, cancelled execution, or shutdown: whoever cancelled us owns the row.
             outcome = None
         except StepError as exc:
             outcome = self._failure(row, step, exc)
         except Exception as exc:  # a bug in a handler must not kill the worker
-            log.error("step_crashed", error=repr(exc), traceback=traceback.format_exc())
+            secrets = self._secret_values()
+            log.error(
+                "step_crashed",
+                error=scrub(repr(exc), secrets),
+                traceback=scrub(traceback.format_exc(), secrets),
+            )
             outcome = self._failure(
                 row, step, StepError(ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}")
             )
@@ -317,11 +341,14 @@ class Worker:
             self._slot_free.set()
         if outcome is not None:
             outcome.duration_ms = (time.perf_counter() - started) * 1000
-            _encode(outcome)
+            outcome.input_sha256 = input_digest[0] if input_digest else None
+            _encode(outcome, self._secret_values())
             self._results.append(outcome)
             self._results_ready.set()
 
-    async def _execute(self, row: asyncpg.Record, ctx: StepContext, step: CompiledStep) -> _Outcome:
+    async def _execute(
+        self, row: asyncpg.Record, ctx: StepContext, step: CompiledStep, input_digest: list[str]
+    ) -> _Outcome:
         handler = self._handlers.get(step.type)
         if handler is None:
             raise StepError(ErrorClass.VALIDATION, f"no handler for step type {step.type!r}")
@@ -337,6 +364,8 @@ class Worker:
             config = step.config.render(context)
         except TemplateRenderError as exc:
             raise StepError(ErrorClass.VALIDATION, str(exc)) from None
+        # Provenance: the call as rendered, with secret references (values come later).
+        input_digest.append(hashlib.sha256(_canonical(config)).hexdigest())
         try:
             async with asyncio.timeout(step.timeout_seconds):
                 result = await handler(ctx, config)
@@ -379,13 +408,25 @@ class Worker:
         }
 
     def _failure(self, row: asyncpg.Record, step: CompiledStep | None, exc: StepError) -> _Outcome:
-        error = {"class": str(exc.error_class), "message": exc.message}
+        message = scrub(exc.message, self._secret_values())
+        error = {"class": str(exc.error_class), "message": message}
         attempt = row["attempts"]
+        if exc.error_class is ErrorClass.CIRCUIT_OPEN and exc.retry_after is not None:
+            # Not tried at all: come back when the breaker may close, without using an attempt.
+            log.info("step_deferred", message=message, retry_in=exc.retry_after)
+            self._wake_at(time.monotonic() + exc.retry_after)
+            return _Outcome(
+                row["id"],
+                attempt,
+                "defer",
+                error=error,
+                run_at=datetime.now(UTC) + timedelta(seconds=exc.retry_after),
+            )
         delay = None if step is None else next_retry_delay(_RetryPolicy(step), attempt, exc)
         log.warning(
             "step_failed",
             error_class=str(exc.error_class),
-            message=exc.message,
+            message=message,
             attempt=attempt,
             retry_in=delay,
         )
@@ -476,6 +517,8 @@ class Worker:
                 [o.run_at for o in batch],
                 [o.state_json for o in batch],
                 [o.duration_ms for o in batch],
+                [o.input_sha256 for o in batch],
+                [o.output_sha256 for o in batch],
                 claim_limit,
                 self._config.lease_seconds,
             )

@@ -27,6 +27,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from maestro.engine.dag import dag_errors
 from maestro.engine.templating import TemplateSyntaxProblem, compile_value
+from maestro.model.connector_steps import DatabaseStepConfig, HttpStepConfig
 
 SCHEMA_ID = "https://maestro.dev/schemas/workflow.json"
 MAX_DELAY_SECONDS = 2_678_400  # 31 days
@@ -151,9 +152,25 @@ class ApprovalStep(StepBase):
     action_config: ApprovalConfig
 
 
+class HttpStep(StepBase):
+    """An HTTP request, with auth, retries on 408/429/5xx and a circuit breaker."""
+
+    type: Literal["http"]
+    action_config: HttpStepConfig
+
+
+class DatabaseStep(StepBase):
+    """One parameterised SQL statement against a postgres connection."""
+
+    type: Literal["database"]
+    action_config: DatabaseStepConfig
+
+
 # Add new step types here; the discriminator, the schema and the error
 # messages listing valid types all follow from this one union.
-StepDefinition = Annotated[NoopStep | DelayStep | ApprovalStep, Field(discriminator="type")]
+StepDefinition = Annotated[
+    NoopStep | DelayStep | ApprovalStep | HttpStep | DatabaseStep, Field(discriminator="type")
+]
 STEP_TYPES: tuple[str, ...] = tuple(
     get_args(member.model_fields["type"].annotation)[0]
     for member in get_args(get_args(StepDefinition)[0])

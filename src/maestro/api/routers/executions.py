@@ -41,6 +41,8 @@ def step_json(s: asyncpg.Record) -> dict[str, Any]:
         "finishedAt": iso(s["finished_at"]),
         "output": s["output"],
         "error": s["error"],
+        "inputSha256": s["input_sha256"],
+        "outputSha256": s["output_sha256"],
     }
 
 

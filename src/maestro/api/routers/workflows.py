@@ -21,6 +21,7 @@ from maestro.api.common import (
     pool,
 )
 from maestro.api.errors import ApiError, not_found
+from maestro.connectors.registry import DESCRIBERS
 from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import compile_workflow
@@ -295,7 +296,9 @@ async def simulate_workflow(
                 raise not_found("workflow_version", f"{workflow_id} v{body.version}")
             definition = found["definition"]
     compiled = compile_workflow(parse_workflow(definition))
-    return simulate(compiled, body.input, workflow_id=workflow_id, version=body.version)
+    return simulate(
+        compiled, body.input, workflow_id=workflow_id, version=body.version, describers=DESCRIBERS
+    )
 
 
 @router.post("/{workflow_id}/execute", status_code=202)

@@ -95,6 +95,10 @@ CREATE TABLE step_runs (
     state             jsonb,
     output            jsonb,
     error             jsonb,
+    -- Provenance: SHA-256 of the canonical rendered actionConfig (secret references, never
+    -- values) and of the canonical output, for the signed manifest.
+    input_sha256      text,
+    output_sha256     text,
     created_at        timestamptz NOT NULL DEFAULT now(),
     started_at        timestamptz,
     finished_at       timestamptz,

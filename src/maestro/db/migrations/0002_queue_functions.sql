@@ -234,7 +234,8 @@ $$;
 CREATE FUNCTION maestro_complete_steps(
     p_worker text, p_ids bigint[], p_attempts integer[], p_outcomes text[],
     p_outputs text[], p_errors text[], p_run_at timestamptz[], p_states text[],
-    p_durations_ms float8[], p_claim_limit integer, p_lease_seconds float8)
+    p_durations_ms float8[], p_input_sha256 text[], p_output_sha256 text[],
+    p_claim_limit integer, p_lease_seconds float8)
 RETURNS SETOF maestro_claimed LANGUAGE plpgsql AS $$
 DECLARE
     o          record;
@@ -252,8 +253,9 @@ BEGIN
     -- statement copies it each time, which made big batches quadratic.
     FOR o IN
         SELECT * FROM unnest(p_ids, p_attempts, p_outcomes, p_outputs, p_errors, p_run_at,
-                             p_states, p_durations_ms)
-               AS t(id, attempt, outcome, output, error, run_at, state, duration_ms)
+                             p_states, p_durations_ms, p_input_sha256, p_output_sha256)
+               AS t(id, attempt, outcome, output, error, run_at, state, duration_ms,
+                    input_sha256, output_sha256)
     LOOP
         -- JSON arrives as text: a driver cannot tell a JSON list from an array dimension.
         v_outcome := o.outcome;
@@ -262,8 +264,15 @@ BEGIN
         v_state := o.state::jsonb;
         UPDATE step_runs s
            SET status = CASE v_outcome WHEN 'retry' THEN 'failed'
+                                       WHEN 'defer' THEN 'failed'
                                        WHEN 'suspend' THEN 'waiting'
                                        ELSE v_outcome END,
+               -- defer: the step could not even be tried (e.g. an open circuit breaker),
+               -- so the attempt is not counted.
+               attempts = CASE v_outcome WHEN 'defer' THEN s.attempts - 1 ELSE s.attempts END,
+               input_sha256 = coalesce(o.input_sha256, s.input_sha256),
+               output_sha256 = CASE WHEN v_outcome IN ('succeeded', 'skipped')
+                                    THEN o.output_sha256 ELSE s.output_sha256 END,
                output = CASE WHEN v_outcome IN ('succeeded', 'skipped') THEN v_output
                              ELSE s.output END,
                error = v_error,
@@ -279,7 +288,7 @@ BEGIN
         RETURNING s.tenant_id, s.execution_id, s.step_id, s.dependents, s.attempts INTO r;
         CONTINUE WHEN NOT FOUND;
 
-        IF v_outcome IN ('retry', 'suspend') THEN
+        IF v_outcome IN ('retry', 'defer', 'suspend') THEN
             -- The execution may have failed or been cancelled while this step ran:
             -- then it must not come back.
             SELECT e.status INTO v_exec FROM workflow_executions e
@@ -294,11 +303,14 @@ BEGIN
         INSERT INTO workflow_logs (tenant_id, execution_id, step_id, level, event, message, data,
                                    correlation_id)
         SELECT r.tenant_id, r.execution_id, r.step_id,
-               CASE WHEN v_outcome IN ('retry', 'dead') THEN 'error' ELSE 'info' END,
+               CASE WHEN v_outcome IN ('retry', 'dead') THEN 'error'
+                    WHEN v_outcome = 'defer' THEN 'warning' ELSE 'info' END,
                'step_' || CASE v_outcome WHEN 'retry' THEN 'failed' WHEN 'suspend' THEN 'waiting'
-                                          ELSE v_outcome END,
+                                          WHEN 'defer' THEN 'deferred' ELSE v_outcome END,
                'step ' || r.step_id || ' attempt ' || r.attempts || ' '
                    || CASE v_outcome WHEN 'retry' THEN 'failed; retry at ' || o.run_at::text
+                                     WHEN 'defer' THEN 'deferred (not counted) to '
+                                                       || o.run_at::text
                                      WHEN 'suspend' THEN 'is waiting'
                                      ELSE v_outcome END
                    || coalesce(': ' || (v_error ->> 'class') || ': '

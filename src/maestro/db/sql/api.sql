@@ -71,7 +71,7 @@ SELECT * FROM workflow_executions WHERE tenant_id = $1 AND id = $2
 
 -- name: get_execution_steps
 SELECT id, step_id, step_type, status, attempts, max_attempts, run_at, started_at, finished_at,
-       output, error
+       output, error, input_sha256, output_sha256
   FROM step_runs WHERE tenant_id = $1 AND execution_id = $2 ORDER BY id
 
 -- name: list_executions

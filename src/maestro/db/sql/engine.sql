@@ -4,7 +4,7 @@
 SELECT * FROM maestro_claim_steps($1, $2, $3)
 
 -- name: complete_steps
-SELECT * FROM maestro_complete_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT * FROM maestro_complete_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 
 -- name: heartbeat
 UPDATE step_runs SET lease_expires_at = now() + make_interval(secs => $3)

@@ -1,0 +1,1 @@
+"""Connector step types: one module per provider, sharing the resources in ``base``."""
