@@ -117,7 +117,11 @@ NOOP = {"name": "bench-noop", "steps": [{"id": "only", "type": "noop", "actionCo
 
 
 async def enqueue(dsn: str, wid: uuid.UUID, n: int) -> None:
-    compiled = compile_definition_data(NOOP)
+    await enqueue_definition(dsn, wid, NOOP, n)
+
+
+async def enqueue_definition(dsn: str, wid: uuid.UUID, definition: dict[str, Any], n: int) -> None:
+    compiled = compile_definition_data(definition)
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
     from maestro.db.pool import init_connection
 

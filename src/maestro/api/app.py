@@ -20,6 +20,7 @@ from maestro.api.routers import (
     human_tasks,
     workflows,
 )
+from maestro.connectors.registry import connector_resources, step_handlers
 from maestro.db.queries import sql
 from maestro.engine.compiled import WorkflowCache
 from maestro.settings import Settings
@@ -41,7 +42,14 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
         app.state.pool = pool
         app.state.known_tenants = set()
         app.state.compiled = WorkflowCache(load_version)
-        yield
+        # For POST /api/connections/{name}/test: the same connectors the workers run.
+        resources = connector_resources(pool, settings)
+        app.state.connector_resources = resources
+        app.state.step_handlers = step_handlers(resources)
+        try:
+            yield
+        finally:
+            await resources.aclose()
 
     app = FastAPI(
         title="Maestro Composer",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 
 from maestro.connectors import database, http
 from maestro.connectors.base import ConnectorResources
-from maestro.engine.steps import BUILTIN_HANDLERS, Handler
+from maestro.engine.retry import ErrorClass, StepError
+from maestro.engine.steps import BUILTIN_HANDLERS, Handler, StepContext
 from maestro.secrets import SecretResolver, VaultConfig
 from maestro.settings import Settings
 
@@ -52,3 +54,62 @@ def step_handlers(resources: ConnectorResources) -> dict[str, Handler]:
         "http": http.make_handler(resources),
         "database": run_database,
     }
+
+
+# A harmless call per connection type that proves its settings and credentials work.
+Check = Callable[[ConnectorResources, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+CHECKS: dict[str, Check] = {}
+
+
+async def check_connection(
+    resources: ConnectorResources,
+    handlers: Mapping[str, Handler],
+    tenant: str,
+    name: str,
+    kind: str,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Try the connection; raises StepError (classified) when it does not work."""
+    ctx = StepContext(
+        tenant=tenant,
+        execution_id=uuid.UUID(int=0),
+        workflow_id=uuid.UUID(int=0),
+        step_id=f"connection-test-{name}",
+        step_type=kind,
+        attempt=1,
+        correlation_id=None,
+        state=None,
+    )
+    if kind == "http":
+        # Any answer but an auth failure or a server error shows the base URL and auth work.
+        answered = await handlers["http"](
+            ctx,
+            {
+                "connection": name,
+                "method": "GET",
+                "url": "/",
+                "responseType": "text",
+                "expectStatus": [s for s in range(200, 500) if s not in (401, 403, 407)],
+            },
+        )
+        return {"status": answered["status"]}
+    if kind == "postgres":
+        result = await handlers["database"](
+            ctx,
+            {
+                "connection": name,
+                "mode": "read",
+                "query": "SELECT current_database() AS database, current_user AS user, "
+                "current_setting('server_version') AS server_version",
+            },
+        )
+        row = result["rows"][0]
+        return {
+            "database": row["database"],
+            "user": row["user"],
+            "serverVersion": row["server_version"],
+        }
+    check = CHECKS.get(kind)
+    if check is None:
+        raise StepError(ErrorClass.VALIDATION, f"connection type {kind!r} has no test")
+    return await check(resources, config)

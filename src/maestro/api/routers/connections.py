@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -10,10 +12,15 @@ from fastapi import APIRouter, Request, Response
 from maestro.api.auth import Action, authorize
 from maestro.api.common import CurrentPrincipal, audit, iso, pool
 from maestro.api.errors import ApiError, not_found
+from maestro.connectors.registry import check_connection
 from maestro.db.queries import sql
+from maestro.engine.retry import StepError
 from maestro.model.connections import NAME_PATTERN, ConnectionIn, ConnectionProblem, validate_config
+from maestro.secrets import scrub_json
 
 router = APIRouter(prefix="/api/connections", tags=["connections"])
+
+CONNECTION_TEST_SECONDS = 15.0
 
 
 def connection_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -128,3 +135,47 @@ async def delete_connection(name: str, request: Request, principal: CurrentPrinc
         if await conn.fetchrow(sql("delete_connection"), principal.tenant, name) is None:
             raise not_found("connection", name)
         await audit(conn, request, principal, "connection.delete", "connection", name)
+
+
+@router.post("/{name}/test")
+async def test_connection(
+    name: str, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
+    """Make a harmless call with the connection (SMTP EHLO/NOOP, Slack auth.test, Jira myself,
+    ...). A connection that does not work is not an API error: ``ok`` is false and ``error``
+    says why, classified like a step failure."""
+    authorize(principal, Action.OPERATE)
+    async with pool(request).acquire() as conn:
+        row = await conn.fetchrow(sql("get_connection"), principal.tenant, name)
+    if row is None:
+        raise not_found("connection", name)
+    state = request.app.state
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(CONNECTION_TEST_SECONDS):
+            details = await check_connection(
+                state.connector_resources,
+                state.step_handlers,
+                principal.tenant,
+                name,
+                row["type"],
+                row["config"],
+            )
+    except StepError as exc:
+        result: dict[str, Any] = {
+            "ok": False,
+            "error": {"class": str(exc.error_class), "message": exc.message},
+        }
+    except TimeoutError:
+        result = {
+            "ok": False,
+            "error": {
+                "class": "timeout",
+                "message": f"no answer within {CONNECTION_TEST_SECONDS:g}s",
+            },
+        }
+    else:
+        result = {"ok": True, "details": details}
+    result = scrub_json(result, state.connector_resources.secrets.known_values())
+    result["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
+    return {"connection": name, "type": row["type"], **result}
