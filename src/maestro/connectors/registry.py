@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from maestro.connectors import database, http
+from maestro.connectors import database, http, jira, ml, slack
 from maestro.connectors.base import ConnectorResources
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import BUILTIN_HANDLERS, Handler, StepContext
@@ -20,6 +20,9 @@ Describer = Callable[[Mapping[str, Any]], dict[str, Any]]
 DESCRIBERS: dict[str, Describer] = {
     "http": http.describe,
     "database": database.describe,
+    "jira": jira.describe,
+    "ml": ml.describe,
+    "slack": slack.describe,
 }
 
 
@@ -53,12 +56,15 @@ def step_handlers(resources: ConnectorResources) -> dict[str, Handler]:
         **BUILTIN_HANDLERS,
         "http": http.make_handler(resources),
         "database": run_database,
+        "jira": jira.make_handler(resources),
+        "ml": ml.make_handler(resources),
+        "slack": slack.make_handler(resources),
     }
 
 
 # A harmless call per connection type that proves its settings and credentials work.
 Check = Callable[[ConnectorResources, Mapping[str, Any]], Awaitable[dict[str, Any]]]
-CHECKS: dict[str, Check] = {}
+CHECKS: dict[str, Check] = {"jira": jira.check, "ml": ml.check, "slack": slack.check}
 
 
 async def check_connection(

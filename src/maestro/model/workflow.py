@@ -28,6 +28,9 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from maestro.engine.dag import dag_errors
 from maestro.engine.templating import TemplateSyntaxProblem, compile_value
 from maestro.model.connector_steps import DatabaseStepConfig, HttpStepConfig
+from maestro.model.jira_step import JiraStepConfig
+from maestro.model.ml_step import MlStepConfig
+from maestro.model.slack_step import SlackStepConfig
 
 SCHEMA_ID = "https://maestro.dev/schemas/workflow.json"
 MAX_DELAY_SECONDS = 2_678_400  # 31 days
@@ -166,10 +169,32 @@ class DatabaseStep(StepBase):
     action_config: DatabaseStepConfig
 
 
+class MlStep(StepBase):
+    """A model inference call (KServe v2 / Open Inference Protocol, or plain JSON)."""
+
+    type: Literal["ml"]
+    action_config: MlStepConfig
+
+
+class JiraStep(StepBase):
+    """Create, update, transition or search Jira Cloud issues (REST v3)."""
+
+    type: Literal["jira"]
+    action_config: JiraStepConfig
+
+
+class SlackStep(StepBase):
+    """Post a message (or upload a file) to Slack with the official SDK."""
+
+    type: Literal["slack"]
+    action_config: SlackStepConfig
+
+
 # Add new step types here; the discriminator, the schema and the error
 # messages listing valid types all follow from this one union.
 StepDefinition = Annotated[
-    NoopStep | DelayStep | ApprovalStep | HttpStep | DatabaseStep, Field(discriminator="type")
+    NoopStep | DelayStep | ApprovalStep | SlackStep | JiraStep | HttpStep | DatabaseStep | MlStep,
+    Field(discriminator="type"),
 ]
 STEP_TYPES: tuple[str, ...] = tuple(
     get_args(member.model_fields["type"].annotation)[0]
