@@ -210,10 +210,20 @@ def test_unknown_step_type_lists_the_valid_types() -> None:
             "path": "steps[1].type",
             "stepId": "b",
             "message": "Unknown step type 'telegram'; use one of: "
-            "noop, delay, approval, slack, jira, http, database, ml.",
+            "noop, delay, approval, email, slack, jira, http, database, ml.",
         }
     ]
-    assert STEP_TYPES == ("noop", "delay", "approval", "slack", "jira", "http", "database", "ml")
+    assert STEP_TYPES == (
+        "noop",
+        "delay",
+        "approval",
+        "email",
+        "slack",
+        "jira",
+        "http",
+        "database",
+        "ml",
+    )
 
 
 def test_a_step_without_a_type_says_which_types_exist() -> None:
@@ -222,7 +232,7 @@ def test_a_step_without_a_type_says_which_types_exist() -> None:
             "path": "steps[0].type",
             "stepId": "b",
             "message": "Every step needs a 'type'; use one of: "
-            "noop, delay, approval, slack, jira, http, database, ml.",
+            "noop, delay, approval, email, slack, jira, http, database, ml.",
         }
     ]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from maestro.connectors import database, http, jira, ml, slack
+from maestro.connectors import database, email, http, jira, ml, slack
 from maestro.connectors.base import ConnectorResources
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import BUILTIN_HANDLERS, Handler, StepContext
@@ -20,6 +20,7 @@ Describer = Callable[[Mapping[str, Any]], dict[str, Any]]
 DESCRIBERS: dict[str, Describer] = {
     "http": http.describe,
     "database": database.describe,
+    "email": email.describe,
     "jira": jira.describe,
     "ml": ml.describe,
     "slack": slack.describe,
@@ -56,6 +57,7 @@ def step_handlers(resources: ConnectorResources) -> dict[str, Handler]:
         **BUILTIN_HANDLERS,
         "http": http.make_handler(resources),
         "database": run_database,
+        "email": email.make_handler(resources),
         "jira": jira.make_handler(resources),
         "ml": ml.make_handler(resources),
         "slack": slack.make_handler(resources),
@@ -64,7 +66,12 @@ def step_handlers(resources: ConnectorResources) -> dict[str, Handler]:
 
 # A harmless call per connection type that proves its settings and credentials work.
 Check = Callable[[ConnectorResources, Mapping[str, Any]], Awaitable[dict[str, Any]]]
-CHECKS: dict[str, Check] = {"jira": jira.check, "ml": ml.check, "slack": slack.check}
+CHECKS: dict[str, Check] = {
+    **email.CHECKS,
+    "jira": jira.check,
+    "ml": ml.check,
+    "slack": slack.check,
+}
 
 
 async def check_connection(

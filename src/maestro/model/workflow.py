@@ -28,6 +28,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from maestro.engine.dag import dag_errors
 from maestro.engine.templating import TemplateSyntaxProblem, compile_value
 from maestro.model.connector_steps import DatabaseStepConfig, HttpStepConfig
+from maestro.model.email_step import EmailStepConfig
 from maestro.model.jira_step import JiraStepConfig
 from maestro.model.ml_step import MlStepConfig
 from maestro.model.slack_step import SlackStepConfig
@@ -190,10 +191,25 @@ class SlackStep(StepBase):
     action_config: SlackStepConfig
 
 
+class EmailStep(StepBase):
+    """Send an email through an SMTP, SendGrid or Postmark connection."""
+
+    type: Literal["email"]
+    action_config: EmailStepConfig
+
+
 # Add new step types here; the discriminator, the schema and the error
 # messages listing valid types all follow from this one union.
 StepDefinition = Annotated[
-    NoopStep | DelayStep | ApprovalStep | SlackStep | JiraStep | HttpStep | DatabaseStep | MlStep,
+    NoopStep
+    | DelayStep
+    | ApprovalStep
+    | EmailStep
+    | SlackStep
+    | JiraStep
+    | HttpStep
+    | DatabaseStep
+    | MlStep,
     Field(discriminator="type"),
 ]
 STEP_TYPES: tuple[str, ...] = tuple(
