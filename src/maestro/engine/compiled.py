@@ -40,7 +40,8 @@ class CompiledWorkflow:
 
 def _config_as_data(config: Any) -> Any:
     if isinstance(config, BaseModel):
-        return config.model_dump(by_alias=True, exclude_none=True)
+        # Without defaults: handlers validate the rendered config again, which applies them.
+        return config.model_dump(by_alias=True, exclude_defaults=True)
     return config
 
 

@@ -78,7 +78,10 @@ async def _definition_from(request: Request) -> WorkflowDefinition:
 
 
 def _dump(definition: WorkflowDefinition) -> dict[str, Any]:
-    return definition.model_dump(by_alias=True, exclude_none=True, mode="json")
+    # Defaults are left out: they are applied again whenever the definition is parsed, and
+    # a stored default must not read as a choice the author made (some step types refuse
+    # options that do not belong to the chosen operation).
+    return definition.model_dump(by_alias=True, exclude_defaults=True, mode="json")
 
 
 def workflow_json(
