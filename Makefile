@@ -5,7 +5,7 @@ export UV_NATIVE_TLS ?= 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
-.PHONY: up test check lint typecheck bench install clean
+.PHONY: up test test-live check lint typecheck bench install clean
 
 # uv comes from PyPI into .tools/ (a venv, or pip --target where venv is unavailable).
 .tools/bin/uv:
@@ -26,6 +26,10 @@ up: install
 test: install
 	$(UV) run --frozen pytest
 
+# Against real Slack, Jira and SMTP; needs the MAESTRO_LIVE_* variables (docs/CONNECTORS.md).
+test-live: install
+	$(UV) run --frozen pytest tests/live
+
 lint: install
 	$(UV) run --frozen ruff check src tests bench
 	$(UV) run --frozen ruff format --check src tests bench
@@ -37,6 +41,7 @@ check: lint typecheck test
 
 bench: install
 	$(UV) run --frozen python bench/engine.py
+	$(UV) run --frozen python bench/http_step.py
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

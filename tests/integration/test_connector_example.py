@@ -168,3 +168,15 @@ async def test_the_six_connector_example_succeeds(
     everything = json.dumps(execution)
     for secret in (SLACK_TOKEN, ORDERS_TOKEN, db_dsn):
         assert secret not in everything
+    # Nothing stored anywhere holds a resolved secret: every row of every table, as text.
+    tables = [
+        r["tablename"]
+        for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    ]
+    assert {"step_runs", "workflow_logs", "audit_log", "connections"} <= set(tables)
+    for table in tables:
+        dump = await pool.fetchval(
+            f"SELECT coalesce(string_agg(t::text, chr(10)), '') FROM \"{table}\" t"
+        )
+        for secret in (SLACK_TOKEN, ORDERS_TOKEN, JIRA_TOKEN):
+            assert secret not in dump, table
