@@ -54,6 +54,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--executions", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=4, help="MAESTRO_WORKER_CONCURRENCY")
     args = parser.parse_args()
     base = os.environ.get(
         "MAESTRO_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -85,7 +86,11 @@ async def main() -> None:
         conn = await connect(dsn)
         wid = await common.publish(conn, definition)
         await common.enqueue_definition(dsn, wid, definition, args.executions)
-        env = common._env(dsn, MAESTRO_WORKER_CONCURRENCY="64", MAESTRO_CLAIM_BATCH_SIZE="32")
+        env = common._env(
+            dsn,
+            MAESTRO_WORKER_CONCURRENCY=str(args.concurrency),
+            MAESTRO_CLAIM_BATCH_SIZE=str(min(32, args.concurrency)),
+        )
         with common.processes(*[(["worker"], env)] * args.workers):
             await common.wait_done(conn, wid, args.executions, 600)
         rows = await conn.fetch(
