@@ -181,6 +181,9 @@ def classify(exc: BaseException, where: str) -> StepError:
         return StepError(
             ErrorClass.NETWORK, f"{where}: cannot connect: {exc.strerror or type(exc).__name__}"
         )
+    if isinstance(exc, aiosmtplib.SMTPException) and "not supported" in str(exc):
+        # e.g. AUTH offered only after STARTTLS: a settings problem, retrying cannot help.
+        return StepError(ErrorClass.VALIDATION, f"{where}: {exc} (check the connection's security)")
     if isinstance(exc, aiosmtplib.SMTPException):
         return StepError(ErrorClass.PROVIDER_ERROR, f"{where}: {type(exc).__name__}: {exc}")
     return StepError(ErrorClass.PROVIDER_ERROR, f"{where}: {type(exc).__name__}")
