@@ -11,15 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from maestro.connectors.resilience import CircuitBreakers
 from maestro.db.queries import sql
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.secrets import SecretError, SecretResolver
+
+M = TypeVar("M", bound=BaseModel)
 
 # A connection changed through the API is seen by workers within this many seconds.
 CONNECTION_CACHE_SECONDS = 5.0
@@ -109,3 +112,27 @@ class ConnectorResources:
             await closer()
         await self.http.aclose()
         await self.secrets.aclose()
+
+
+def typed_step(model: type[M], config: Any) -> M:
+    """The rendered ``actionConfig`` validated by the step type's model."""
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        where = f"actionConfig.{where}" if where else "actionConfig"
+        raise StepError(ErrorClass.VALIDATION, f"{where}: {first['msg']} after rendering") from None
+
+
+def typed_connection(model: type[M], name: str, kind: str, config: Any) -> M:
+    """A stored connection's config validated by its type's model."""
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise StepError(
+            ErrorClass.VALIDATION,
+            f"connection {name!r} is not a valid {kind} connection: {where}: {first['msg']}",
+        ) from None

@@ -39,9 +39,8 @@ import asyncpg
 import asyncpg.exceptions as pgexc
 import structlog
 from asyncpg.exceptions import _base as pgbase
-from pydantic import ValidationError
 
-from maestro.connectors.base import ConnectorResources
+from maestro.connectors.base import ConnectorResources, typed_connection, typed_step
 from maestro.db.pool import init_connection
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
@@ -360,25 +359,11 @@ def _classify(exc: BaseException, secrets: list[str]) -> StepError:
 
 
 def _validated(config: Any) -> DatabaseStepConfig:
-    try:
-        return DatabaseStepConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "actionConfig"
-        raise StepError(
-            ErrorClass.VALIDATION, f"actionConfig.{where}: {first['msg']} after rendering"
-        ) from None
+    return typed_step(DatabaseStepConfig, config)
 
 
 def _connection_config(name: str, raw: Mapping[str, Any]) -> PostgresConfig:
-    try:
-        return PostgresConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise StepError(
-            ErrorClass.VALIDATION, f"connection {name!r}: config.{where}: {first['msg']}"
-        ) from None
+    return typed_connection(PostgresConfig, name, "postgres", raw)
 
 
 class DatabaseHandler:

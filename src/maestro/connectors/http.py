@@ -35,7 +35,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from maestro.connectors.base import ConnectorResources
+from maestro.connectors.base import ConnectorResources, typed_connection, typed_step
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
 from maestro.model.connections import (
@@ -108,25 +108,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def _typed_step(config: Any) -> HttpStepConfig:
-    try:
-        return HttpStepConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        where = f"actionConfig.{where}" if where else "actionConfig"
-        raise StepError(ErrorClass.VALIDATION, f"{where}: {first['msg']} after rendering") from None
+    return typed_step(HttpStepConfig, config)
 
 
 def _typed_connection(name: str, config: Any) -> HttpConnectionConfig:
-    try:
-        return HttpConnectionConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise StepError(
-            ErrorClass.VALIDATION,
-            f"connection {name!r} is not a valid http connection: {where}: {first['msg']}",
-        ) from None
+    return typed_connection(HttpConnectionConfig, name, "http", config)
 
 
 def _is_absolute(url: str) -> bool:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from maestro.connectors.base import ConnectorResources
+from maestro.connectors.base import ConnectorResources, typed_connection
 from maestro.connectors.http import parse_retry_after
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
@@ -225,15 +225,7 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _typed_connection(name: str, config: Any) -> JiraConfig:
-    try:
-        return JiraConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise StepError(
-            ErrorClass.VALIDATION,
-            f"connection {name!r} is not a valid jira connection: {where}: {first['msg']}",
-        ) from None
+    return typed_connection(JiraConfig, name, "jira", config)
 
 
 @dataclass(frozen=True)

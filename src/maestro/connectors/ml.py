@@ -48,7 +48,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from maestro.connectors.base import ConnectorResources
+from maestro.connectors.base import ConnectorResources, typed_connection, typed_step
 from maestro.connectors.http import parse_retry_after, sign_hmac
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
@@ -213,25 +213,11 @@ def extract_confidence(document: Any, confidence_path: str | None, protocol: str
 
 
 def _typed_step(config: Any) -> MlStepConfig:
-    try:
-        return MlStepConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        where = f"actionConfig.{where}" if where else "actionConfig"
-        raise StepError(ErrorClass.VALIDATION, f"{where}: {first['msg']} after rendering") from None
+    return typed_step(MlStepConfig, config)
 
 
 def _typed_connection(name: str, config: Any) -> MlConfig:
-    try:
-        return MlConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise StepError(
-            ErrorClass.VALIDATION,
-            f"connection {name!r} is not a valid ml connection: {where}: {first['msg']}",
-        ) from None
+    return typed_connection(MlConfig, name, "ml", config)
 
 
 def _display_url(url: httpx.URL) -> str:

@@ -58,7 +58,7 @@ from pydantic import ValidationError
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web import WebClient
 
-from maestro.connectors.base import ConnectorResources
+from maestro.connectors.base import ConnectorResources, typed_connection
 from maestro.connectors.http import parse_retry_after
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
@@ -336,15 +336,7 @@ def _typed_step(config: Any) -> SlackStepConfig:
 
 
 def _typed_connection(name: str, config: Any) -> SlackConfig:
-    try:
-        return SlackConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise StepError(
-            ErrorClass.VALIDATION,
-            f"connection {name!r} is not a valid slack connection: {where}: {first['msg']}",
-        ) from None
+    return typed_connection(SlackConfig, name, "slack", config)
 
 
 async def _session(
