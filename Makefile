@@ -1,7 +1,7 @@
 # Everything a user needs: `make up` runs the system, `make test` installs and passes the tests.
 export UV_PYTHON_DOWNLOADS := never
 # Trust the operating system's certificate store (corporate proxies, custom CAs).
-export UV_NATIVE_TLS ?= 1
+export UV_SYSTEM_CERTS ?= 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
