@@ -151,19 +151,44 @@ async def wait_for_status(
     await conn.add_listener("maestro_execution_finished", lambda *_: changed.set())
     await conn.add_listener("maestro_steps", lambda *_: changed.set())
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                changed.clear()
-                status = await conn.fetchval(
-                    "SELECT status FROM workflow_executions WHERE id = $1", uuid.UUID(execution_id)
-                )
-                if status in statuses:
-                    return str(status)
-                # Waiting states are not announced; fall back to a short re-check.
-                try:
-                    async with asyncio.timeout(0.2):
-                        await changed.wait()
-                except TimeoutError:
-                    pass
+        try:
+            return await _wait(conn, changed, execution_id, statuses, timeout)
+        except TimeoutError:
+            steps = await conn.fetch(
+                "SELECT step_id, status, attempts, error, worker_id, lease_expires_at, run_at "
+                "FROM step_runs WHERE execution_id = $1",
+                uuid.UUID(execution_id),
+            )
+            logs = await conn.fetch(
+                "SELECT event, message FROM workflow_logs WHERE execution_id = $1 ORDER BY id",
+                uuid.UUID(execution_id),
+            )
+            raise AssertionError(
+                f"execution {execution_id} did not reach {statuses} in {timeout}s; steps: "
+                f"{[dict(r) for r in steps]}; logs: {[tuple(r) for r in logs]}"
+            ) from None
     finally:
         await conn.close()
+
+
+async def _wait(
+    conn: asyncpg.Connection,
+    changed: asyncio.Event,
+    execution_id: str,
+    statuses: set[str],
+    timeout: float,
+) -> str:
+    async with asyncio.timeout(timeout):
+        while True:
+            changed.clear()
+            status = await conn.fetchval(
+                "SELECT status FROM workflow_executions WHERE id = $1", uuid.UUID(execution_id)
+            )
+            if status in statuses:
+                return str(status)
+            # Waiting states are not announced; fall back to a short re-check.
+            try:
+                async with asyncio.timeout(0.2):
+                    await changed.wait()
+            except TimeoutError:
+                pass
