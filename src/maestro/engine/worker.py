@@ -259,8 +259,8 @@ class Worker:
                     rows = await conn.fetch(
                         sql("claim_steps"), self.worker_id, want, cfg.lease_seconds
                     )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("claim_failed", error=str(exc))
+            except Exception as exc:  # the loop must outlive any failure; it retries
+                log.warning("claim_failed", error=repr(exc))
                 await self._sleep_or_wake(cfg.poll_interval_seconds)
                 continue
             for row in rows:
@@ -462,9 +462,9 @@ class Worker:
                         await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
                     else:
                         await self._isolate_poison(exc)
-                except (OSError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # never let the flush loop die: results would stall
                     # Results stay buffered; the lease keeps the steps ours until we retry.
-                    log.warning("complete_failed", error=str(exc))
+                    log.warning("complete_failed", error=repr(exc))
                     await asyncio.sleep(min(1.0, self._config.lease_seconds / 10))
 
     async def _isolate_poison(self, exc: asyncpg.PostgresError) -> None:
@@ -493,6 +493,9 @@ class Worker:
             except asyncpg.PostgresError as again:
                 # Leave the step to lease expiry rather than loop on a poison row.
                 log.error("complete_dropped", step_run_id=outcome.id, error=str(again))
+        except Exception as exc:  # the connection, not the row: try again later
+            log.warning("complete_failed", error=repr(exc))
+            return False
         return True
 
     async def _flush_once(self, claim_limit: int) -> None:
@@ -534,8 +537,8 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._heartbeat_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("heartbeat_failed", error=str(exc))
+            except Exception as exc:  # keep heartbeating whatever happened
+                log.warning("heartbeat_failed", error=repr(exc))
 
     async def _heartbeat_once(self) -> None:
         ids = list(self._inflight)
@@ -562,8 +565,8 @@ class Worker:
                 await self._ensure_listening()
                 async with self._pool.acquire() as conn:
                     await conn.fetchval(sql("reap_expired_leases"), 100)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("reaper_failed", error=str(exc))
+            except Exception as exc:  # keep reaping whatever happened
+                log.warning("reaper_failed", error=repr(exc))
             await asyncio.sleep(interval)
 
     # ----------------------------------------------------------------- loading
