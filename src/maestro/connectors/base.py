@@ -136,3 +136,27 @@ def typed_connection(model: type[M], name: str, kind: str, config: Any) -> M:
             ErrorClass.VALIDATION,
             f"connection {name!r} is not a valid {kind} connection: {where}: {first['msg']}",
         ) from None
+
+
+async def send_request(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    timeout_seconds: float,
+    where: str,
+    body: Any = None,
+) -> httpx.Response:
+    """One JSON request to a provider API; transport failures become classified step errors
+    (timeouts ``timeout``, everything else ``network``). Statuses are the caller's to judge."""
+    try:
+        return await http.request(
+            method, url, headers=headers, json=body, timeout=httpx.Timeout(timeout_seconds)
+        )
+    except httpx.TimeoutException as exc:
+        raise StepError(ErrorClass.TIMEOUT, f"{where} timed out ({type(exc).__name__})") from None
+    except httpx.HTTPError as exc:
+        raise StepError(
+            ErrorClass.NETWORK, f"{where} failed: {type(exc).__name__}: {exc}"
+        ) from None

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from maestro.connectors.base import send_request
 from maestro.connectors.http import parse_retry_after
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.model.connections import PostmarkConfig
@@ -107,18 +108,15 @@ async def _call(
     timeout_seconds: float,
     body: dict[str, Any] | None = None,
 ) -> httpx.Response:
-    where = f"Postmark {method} {url}"
-    headers = {TOKEN_HEADER: token, "Accept": "application/json"}
-    try:
-        return await http.request(
-            method, url, headers=headers, json=body, timeout=httpx.Timeout(timeout_seconds)
-        )
-    except httpx.TimeoutException as exc:
-        raise StepError(ErrorClass.TIMEOUT, f"{where} timed out ({type(exc).__name__})") from None
-    except httpx.HTTPError as exc:
-        raise StepError(
-            ErrorClass.NETWORK, f"{where} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    return await send_request(
+        http,
+        method,
+        url,
+        headers={TOKEN_HEADER: token, "Accept": "application/json"},
+        timeout_seconds=timeout_seconds,
+        where=f"Postmark {method} {url}",
+        body=body,
+    )
 
 
 def _url(config: PostmarkConfig, path: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from maestro.connectors.base import send_request
 from maestro.connectors.http import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.model.connections import SendgridConfig
@@ -139,18 +140,15 @@ async def _call(
     timeout_seconds: float,
     body: dict[str, Any] | None = None,
 ) -> httpx.Response:
-    where = f"SendGrid {method} {url}"
-    headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-    try:
-        return await http.request(
-            method, url, headers=headers, json=body, timeout=httpx.Timeout(timeout_seconds)
-        )
-    except httpx.TimeoutException as exc:
-        raise StepError(ErrorClass.TIMEOUT, f"{where} timed out ({type(exc).__name__})") from None
-    except httpx.HTTPError as exc:
-        raise StepError(
-            ErrorClass.NETWORK, f"{where} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    return await send_request(
+        http,
+        method,
+        url,
+        headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+        timeout_seconds=timeout_seconds,
+        where=f"SendGrid {method} {url}",
+        body=body,
+    )
 
 
 def _url(config: SendgridConfig, path: str) -> str:
