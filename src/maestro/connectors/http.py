@@ -20,22 +20,19 @@ failing.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
 
 from maestro.connectors.base import ConnectorResources, typed_connection, typed_step
+from maestro.connectors.http_auth import read_capped, resolve_auth, sign_hmac
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
 from maestro.model.connections import (
@@ -48,7 +45,7 @@ from maestro.model.connections import (
     HttpConnectionConfig,
 )
 from maestro.model.connector_steps import HttpStepConfig
-from maestro.secrets import scrub, scrub_json
+from maestro.secrets import scrub_json
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -77,12 +74,6 @@ Handler = Callable[[StepContext, Any], Awaitable[Any]]
 
 
 # --- pure helpers -----------------------------------------------------------------------------
-
-
-def sign_hmac(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"{timestamp}.{method}.{path}.{body}"`` keyed by ``secret``."""
-    message = f"{timestamp}.{method}.{path}.{body.decode('utf-8', errors='replace')}"
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -216,30 +207,6 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
 # --- the handler ------------------------------------------------------------------------------
 
 
-def _secret_variants(values: Iterable[str]) -> set[str]:
-    """Secret values plus the encodings a server could echo them in."""
-    found: set[str] = set()
-    for value in values:
-        found.add(value)
-        found.add(quote(value, safe=""))
-        found.add(quote(value, safe="").replace("%20", "+"))
-    return found
-
-
-def _collect_secrets(original: Any, resolved: Any, into: list[str]) -> None:
-    """Resolved values wherever ``original`` held a ``{"secretRef": ...}``."""
-    if isinstance(original, Mapping):
-        if set(original) == {"secretRef"}:
-            into.append(str(resolved))
-            return
-        if isinstance(resolved, Mapping):
-            for key, inner in original.items():
-                _collect_secrets(inner, resolved.get(key), into)
-    elif isinstance(original, list) and isinstance(resolved, list):
-        for inner, resolved_inner in zip(original, resolved, strict=False):
-            _collect_secrets(inner, resolved_inner, into)
-
-
 def _output_headers(headers: httpx.Headers, hidden: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers.multi_items():
@@ -258,18 +225,6 @@ def _decode(raw: bytes, response: httpx.Response) -> str:
         return raw.decode(encoding, errors="replace")
     except LookupError:
         return raw.decode("utf-8", errors="replace")
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes of the (decoded) body and whether there was more."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks)[:limit], True
-    return b"".join(chunks), False
 
 
 def _status_error(status: int, message: str, retry_after: float | None) -> tuple[StepError, bool]:
@@ -354,33 +309,12 @@ def make_handler(
 
         # --- auth: resolve secrets only now, right before sending ---
         auth = step.auth if step.auth is not None else (connection.auth if connection else None)
-        secrets: list[str] = []
-        hidden_headers: set[str] = set()
-        hmac_auth: tuple[HmacAuth, str] | None = None
-        if auth is not None:
-            original = auth.model_dump(by_alias=True, mode="json")
-            resolved = await resources.resolve(original)
-            _collect_secrets(original, resolved, secrets)
-            if isinstance(auth, BearerAuth):
-                headers["Authorization"] = f"Bearer {resolved['token']}"
-            elif isinstance(auth, ApiKeyAuth):
-                if auth.in_ == "header":
-                    headers[auth.name] = str(resolved["value"])
-                    hidden_headers.add(auth.name.lower())
-                else:
-                    params.append((auth.name, str(resolved["value"])))
-            elif isinstance(auth, BasicAuth):
-                pair = f"{auth.username}:{resolved['password']}".encode()
-                basic = base64.b64encode(pair).decode("ascii")
-                headers["Authorization"] = f"Basic {basic}"
-                secrets.append(basic)
-            else:
-                hmac_auth = (auth, str(resolved["secret"]))
-                hidden_headers.add(auth.header.lower())
-        secret_set = _secret_variants(s for s in secrets if s)
-
-        def clean(text: str) -> str:
-            return scrub(text, secret_set)
+        resolved = await resolve_auth(resources, auth)
+        headers.update(resolved.headers)
+        params.extend(resolved.params)
+        hidden_headers = resolved.hidden_headers
+        secret_set = resolved.secrets
+        clean = resolved.clean
 
         try:
             request = resources.http.build_request(
@@ -395,14 +329,7 @@ def make_handler(
             raise StepError(
                 ErrorClass.VALIDATION, clean(f"cannot build the request: {exc}")
             ) from None
-        if hmac_auth is not None:
-            hmac_config, hmac_secret = hmac_auth
-            timestamp = str(int(ctx.now().timestamp()))
-            path = request.url.raw_path.decode("ascii")  # path, plus "?query" when there is one
-            request.headers[hmac_config.timestamp_header] = timestamp
-            request.headers[hmac_config.header] = sign_hmac(
-                hmac_secret, timestamp, step.method, path, content or b""
-            )
+        resolved.sign(request, content or b"", ctx.now().timestamp())
         where = f"{step.method} {_display_url(url)}"
 
         # --- send, through the breaker ---
@@ -437,7 +364,7 @@ def make_handler(
                 )
                 limit = MAX_RESPONSE_BYTES if expected else 16 * 1024
                 try:
-                    raw, truncated = await _read_capped(response, limit)
+                    raw, truncated = await read_capped(response, limit)
                 except httpx.TimeoutException as exc:
                     resources.breakers.record_failure(breaker_key, breaker.failure_threshold)
                     settled = True

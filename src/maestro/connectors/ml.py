@@ -34,14 +34,13 @@ Secrets are resolved right before the call and scrubbed from outputs and message
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -49,19 +48,15 @@ import httpx
 from pydantic import ValidationError
 
 from maestro.connectors.base import ConnectorResources, typed_connection, typed_step
-from maestro.connectors.http import parse_retry_after, sign_hmac
+from maestro.connectors.http import parse_retry_after
+from maestro.connectors.http_auth import ResolvedAuth, read_capped, resolve_auth
 from maestro.engine.retry import ErrorClass, StepError
 from maestro.engine.steps import StepContext
 from maestro.model.connections import (
-    ApiKeyAuth,
-    BasicAuth,
-    BearerAuth,
-    HmacAuth,
-    HttpAuth,
     MlConfig,
 )
 from maestro.model.ml_step import MlStepConfig
-from maestro.secrets import scrub, scrub_json
+from maestro.secrets import scrub_json
 
 __all__ = [
     "COLD_START_INITIAL_DELAY_SECONDS",
@@ -297,81 +292,10 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
     return described
 
 
-# --- auth ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Auth:
-    headers: dict[str, str] = field(default_factory=dict)
-    params: list[tuple[str, str]] = field(default_factory=list)
-    hmac: tuple[HmacAuth, str] | None = None
-    secrets: set[str] = field(default_factory=set)
-
-    def clean(self, text: str) -> str:
-        return scrub(text, self.secrets)
-
-    def sign(self, request: httpx.Request, body: bytes, unix_time: float) -> None:
-        if self.hmac is None:
-            return
-        config, secret = self.hmac
-        timestamp = str(int(unix_time))
-        path = request.url.raw_path.decode("ascii")
-        request.headers[config.timestamp_header] = timestamp
-        request.headers[config.header] = sign_hmac(secret, timestamp, request.method, path, body)
-
-
-def _collect_secrets(original: Any, resolved: Any, into: list[str]) -> None:
-    if isinstance(original, Mapping):
-        if set(original) == {"secretRef"}:
-            into.append(str(resolved))
-            return
-        if isinstance(resolved, Mapping):
-            for key, inner in original.items():
-                _collect_secrets(inner, resolved.get(key), into)
-
-
-def _variants(values: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for value in values:
-        if not value:
-            continue
-        found.add(value)
-        found.add(quote(value, safe=""))
-        found.add(quote(value, safe="").replace("%20", "+"))
-    return found
-
-
-async def _resolve_auth(resources: ConnectorResources, auth: HttpAuth | None) -> _Auth:
-    """The headers/query of an ``http``-style auth strategy, resolved right now (like http)."""
-    result = _Auth()
-    if auth is None:
-        return result
-    original = auth.model_dump(by_alias=True, mode="json")
-    resolved = await resources.resolve(original)
-    secrets: list[str] = []
-    _collect_secrets(original, resolved, secrets)
-    if isinstance(auth, BearerAuth):
-        result.headers["Authorization"] = f"Bearer {resolved['token']}"
-    elif isinstance(auth, ApiKeyAuth):
-        if auth.in_ == "header":
-            result.headers[auth.name] = str(resolved["value"])
-        else:
-            result.params.append((auth.name, str(resolved["value"])))
-    elif isinstance(auth, BasicAuth):
-        pair = f"{auth.username}:{resolved['password']}".encode()
-        basic = base64.b64encode(pair).decode("ascii")
-        result.headers["Authorization"] = f"Basic {basic}"
-        secrets.append(basic)
-    else:
-        result.hmac = (auth, str(resolved["secret"]))
-    result.secrets = _variants(secrets)
-    return result
-
-
 # --- calls -----------------------------------------------------------------------------------
 
 
-def _error_text(raw: bytes, auth: _Auth) -> str:
+def _error_text(raw: bytes, auth: ResolvedAuth) -> str:
     """KServe's ``{"error": "..."}`` message, else the start of the body; scrubbed."""
     text = raw.decode("utf-8", errors="replace")
     try:
@@ -399,17 +323,6 @@ def _status_error(status: int, message: str, retry_after: float | None) -> StepE
     return StepError(ErrorClass.VALIDATION, message)
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks)[:limit], True
-    return b"".join(chunks), False
-
-
 @dataclass
 class _Answer:
     status: int
@@ -422,7 +335,7 @@ async def _send(
     resources: ConnectorResources,
     request: httpx.Request,
     where: str,
-    auth: _Auth,
+    auth: ResolvedAuth,
 ) -> _Answer | None:
     """One exchange; None when the server could not be reached (a cold start)."""
     try:
@@ -440,7 +353,7 @@ async def _send(
         ) from None
     try:
         ok = 200 <= response.status_code < 300
-        raw, truncated = await _read_capped(response, MAX_RESPONSE_BYTES if ok else 16 * 1024)
+        raw, truncated = await read_capped(response, MAX_RESPONSE_BYTES if ok else 16 * 1024)
     except httpx.TimeoutException as exc:
         raise StepError(
             ErrorClass.TIMEOUT,
@@ -543,7 +456,7 @@ def make_handler(
             headers["X-Model-Version"] = step.version
 
         # --- auth: resolved only now ---
-        auth = await _resolve_auth(resources, connection.auth)
+        auth = await resolve_auth(resources, connection.auth)
         headers.update(auth.headers)
         where = f"POST {_display_url(url)}"
 
@@ -653,7 +566,7 @@ async def check(resources: ConnectorResources, config: Mapping[str, Any]) -> dic
             ErrorClass.VALIDATION, f"not a valid ml connection: {where}: {first['msg']}"
         ) from None
     base = _base_url(connection.base_url, "under test")
-    auth = await _resolve_auth(resources, connection.auth)
+    auth = await resolve_auth(resources, connection.auth)
 
     async def get(path: str) -> tuple[int, Any]:
         url = httpx.URL(_join(str(base), path))
