@@ -23,6 +23,7 @@ from maestro.db.pool import connect, create_pool
 from maestro.engine.worker import Worker, WorkerConfig
 from maestro.observability.health_server import serve_health
 from maestro.settings import Settings, SettingsError
+from maestro.triggers.schedule_runner import RunnerConfig, ScheduleRunner
 
 log = structlog.get_logger("maestro")
 
@@ -103,6 +104,7 @@ class _Server(uvicorn.Server):
 class Processes:
     api: bool
     worker: bool
+    scheduler: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     health_port: int | None = None
@@ -138,7 +140,8 @@ class EarlyStop:
 async def serve(
     settings: Settings, dsn: str, what: Processes, early_stop: EarlyStop | None = None
 ) -> None:
-    """Run the API and/or a worker until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run the API, a worker and/or a schedule runner until SIGTERM/SIGINT, then shut down
+    gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,6 +152,7 @@ async def serve(
     pool: asyncpg.Pool = await create_pool(dsn, max_size=settings.db_pool_size)
     tasks: list[asyncio.Task[None]] = []
     worker: Worker | None = None
+    runner: ScheduleRunner | None = None
     resources: ConnectorResources | None = None
     server: _Server | None = None
     health: asyncio.AbstractServer | None = None
@@ -163,6 +167,11 @@ async def serve(
                 secret_values=resources.secrets.known_values,
             )
             await worker.start()
+        if what.scheduler:
+            runner = ScheduleRunner(
+                pool, dsn, RunnerConfig(batch_size=settings.schedule_batch_size)
+            )
+            await runner.start()
         if what.api:
             app = create_app(settings, pool)
             config = uvicorn.Config(
@@ -178,7 +187,7 @@ async def serve(
             tasks.append(asyncio.create_task(_serve_api(server, what.host, what.port)))
         if what.health_port is not None:
             health = await serve_health(pool, what.host, what.health_port)
-        log.info("maestro_running", api=what.api, worker=what.worker)
+        log.info("maestro_running", api=what.api, worker=what.worker, scheduler=what.scheduler)
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -192,8 +201,12 @@ async def serve(
                 with contextlib.suppress(Exception):
                     await task
 
-        # API and worker drain at the same time: `up` stops within one grace period.
-        await asyncio.gather(drain_api(), *([worker.shutdown()] if worker is not None else []))
+        # API, worker and scheduler stop at the same time: `up` stops within one grace period.
+        await asyncio.gather(
+            drain_api(),
+            *([worker.shutdown()] if worker is not None else []),
+            *([runner.shutdown()] if runner is not None else []),
+        )
         if resources is not None:
             await resources.aclose()
         if health is not None:

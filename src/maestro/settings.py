@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=2, le=200)
+    # Schedules one runner transaction claims and enqueues at once.
+    schedule_batch_size: int = Field(default=500, ge=1, le=10_000)
     log_level: str = "info"
     worker_id: str | None = None
     # Secret references: vault://mount/path#key reads HashiCorp Vault KV v2.

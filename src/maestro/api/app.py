@@ -18,16 +18,19 @@ from maestro.api.routers import (
     executions,
     health,
     human_tasks,
+    schedules,
     workflows,
 )
 from maestro.connectors.registry import connector_resources, step_handlers
 from maestro.db.queries import sql
 from maestro.engine.compiled import WorkflowCache
 from maestro.settings import Settings
+from maestro.triggers.schedule_store import Clock, TemplateCache, wall_clock
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
-    """Build the API around an existing pool (the caller owns its lifecycle)."""
+def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock) -> FastAPI:
+    """Build the API around an existing pool (the caller owns its lifecycle). ``clock`` is
+    the time schedules are computed from."""
 
     async def load_version(tenant: str, workflow_id: Any, version: int) -> Mapping[str, Any]:
         async with pool.acquire() as conn:
@@ -42,6 +45,8 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
         app.state.pool = pool
         app.state.known_tenants = set()
         app.state.compiled = WorkflowCache(load_version)
+        app.state.schedule_templates = TemplateCache()
+        app.state.clock = clock
         # For POST /api/connections/{name}/test: the same connectors the workers run.
         resources = connector_resources(pool, settings)
         app.state.connector_resources = resources
@@ -58,7 +63,16 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, workflows, executions, dlq, human_tasks, connections, api_keys):
+    for module in (
+        health,
+        workflows,
+        executions,
+        dlq,
+        human_tasks,
+        connections,
+        api_keys,
+        schedules,
+    ):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,4 +1,4 @@
-"""The `maestro` command: up, api, worker, migrate, token."""
+"""The `maestro` command: up, api, worker, scheduler, migrate, token."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=None, help="port (default 8080)")
     worker = sub.add_parser("worker", help="a worker that runs steps")
-    for p in (api, worker):
+    scheduler = sub.add_parser(
+        "scheduler", help="a schedule runner that starts workflows on their cron schedules"
+    )
+    for p in (api, worker, scheduler):
         p.add_argument(
             "--health-port",
             type=int,
@@ -103,7 +106,7 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             token_path.chmod(0o600)
             print(f"Maestro Composer is starting on http://{host}:{port}", flush=True)
             print(f"Admin token (tenant 'default', also in {token_path}):\n{token}", flush=True)
-            what = runtime.Processes(api=True, worker=True, host=host, port=port)
+            what = runtime.Processes(api=True, worker=True, scheduler=True, host=host, port=port)
             try:
                 asyncio.run(runtime.serve(settings, dsn, what, early_stop))
             finally:
@@ -112,7 +115,10 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
 
     server_dsn = settings.database_url
     if not server_dsn:
-        return _fail("set DATABASE_URL to the PostgreSQL server shared by api and worker processes")
+        return _fail(
+            "set DATABASE_URL to the PostgreSQL server shared by the api, worker and "
+            "scheduler processes"
+        )
     if args.command == "api":
         secret = runtime.resolve_jwt_secret(settings, generate=False)
         settings = settings.model_copy(update={"jwt_secret": secret})
@@ -121,6 +127,14 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             worker=False,
             host=args.host or settings.host,
             port=args.port or settings.port,
+            health_port=args.health_port,
+        )
+    elif args.command == "scheduler":
+        what = runtime.Processes(
+            api=False,
+            worker=False,
+            scheduler=True,
+            host=settings.host,
             health_port=args.health_port,
         )
     else:

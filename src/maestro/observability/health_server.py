@@ -1,4 +1,5 @@
-"""A tiny HTTP server for probes of processes without the API (e.g. `maestro worker`)."""
+"""A tiny HTTP server for probes and metrics of processes without the API (`maestro worker`,
+`maestro scheduler`): /healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import asyncpg
 
 from maestro.db.migrate import pending_migrations
+from maestro.observability.metrics import render
 
 
 async def _ready(pool: asyncpg.Pool) -> tuple[int, bytes]:
@@ -28,15 +30,19 @@ async def serve_health(pool: asyncpg.Pool, host: str, port: int) -> asyncio.Abst
                 pass
             parts = request_line.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
+            content_type = "application/json"
             if path == "/healthz":
                 status, body = 200, b'{"status":"ok"}'
+            elif path == "/metrics":
+                body, content_type = render()
+                status = 200
             elif path == "/readyz":
                 status, body = await _ready(pool)
             else:
                 status, body = 404, b'{"code":"not_found"}'
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
