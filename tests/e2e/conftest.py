@@ -202,6 +202,11 @@ class Spawner:
         port = free_port()
         return self("worker", "--health-port", str(port), port=port, DATABASE_URL=dsn, **env)
 
+    def scheduler(self, dsn: str, **env: str) -> MaestroProcess:
+        """`maestro scheduler --health-port P` (``port`` is P, for readiness)."""
+        port = free_port()
+        return self("scheduler", "--health-port", str(port), port=port, DATABASE_URL=dsn, **env)
+
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawner]:
