@@ -42,6 +42,7 @@ check: lint typecheck test
 bench: install
 	$(UV) run --frozen python bench/engine.py
 	$(UV) run --frozen python bench/http_step.py
+	$(UV) run --frozen python bench/schedules.py
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

@@ -79,6 +79,26 @@ async def run_tour(up: MaestroProcess, data_dir: Path) -> tuple[str, str]:
     return wid, eid
 
 
+async def run_schedule_tour(up: MaestroProcess, data_dir: Path, wid: str) -> str:
+    """The README's schedule step: `up` runs the scheduler; a tick runs the workflow."""
+    async with api_client(up.url, admin_headers(data_dir)) as client:
+        body = {"workflowId": wid, "cron": "*/10 * * * * *", "input": {"name": "cron"}}
+        r = await client.post("/api/schedules", json=body)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+
+        async def ticked() -> list[dict[str, object]]:
+            r = await client.get("/api/executions", params={"workflowId": wid})
+            return [e for e in r.json()["items"] if e["trigger"]["type"] == "schedule"]
+
+        [first, *_] = await wait_until(ticked, timeout=30, what="a scheduled execution")
+        done = await wait_execution(client, str(first["id"]), {"succeeded", "failed"})
+        assert done["output"] == {"shout": {"loud": "HELLO, CRON!", "length": 12}}, done
+        r = await client.post(f"/api/schedules/{sid}/pause")
+        assert r.status_code == 200, r.text
+    return str(sid)
+
+
 async def stop_cleanly(up: MaestroProcess, data_dir: Path) -> None:
     """SIGTERM: exit 0 within a bound, and no PostgreSQL left running on the data dir."""
     assert await up.terminate(timeout=20) == 0, up.describe()
@@ -107,6 +127,7 @@ async def test_up_tour_stop_and_restart(spawn: Spawner, data_dir: Path) -> None:
         assert r.status_code == 200, r.text
 
     wid, eid = await run_tour(up, data_dir)
+    sid = await run_schedule_tour(up, data_dir, wid)
     await stop_cleanly(up, data_dir)
 
     # Same data dir again: same secret, same database, the workflow and its run are there.
@@ -120,6 +141,8 @@ async def test_up_tour_stop_and_restart(spawn: Spawner, data_dir: Path) -> None:
         r = await client.get(f"/api/executions/{eid}")
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "succeeded"
+        r = await client.get(f"/api/schedules/{sid}")
+        assert (r.status_code, r.json()["enabled"]) == (200, False), r.text
     await stop_cleanly(up2, data_dir)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
@@ -54,7 +56,7 @@ async def test_postgres_connection(
         assert r.status_code == 201, r.text
     good = (await client.post("/api/connections/good/test")).json()
     assert good["ok"] is True, good
-    assert good["details"]["database"] == db_dsn.rsplit("/", 1)[1].split("?")[0]
+    assert good["details"]["database"] == urlsplit(db_dsn).path.lstrip("/")
     bad = await client.post("/api/connections/bad/test")
     assert bad.json()["ok"] is False
     assert bad.json()["error"]["class"] == "network"

@@ -121,6 +121,19 @@ def parse_schedule(expression: str, timezone: str) -> CronSchedule:
     return schedule
 
 
+@functools.lru_cache(maxsize=4096)
+def cached_schedule(expression: str, timezone: str) -> CronSchedule:
+    """:func:`parse_schedule`, remembered: a runner parses the same few expressions over and
+    over, and validation costs several cronsim constructions (errors are not cached)."""
+    return parse_schedule(expression, timezone)
+
+
+@functools.lru_cache(maxsize=16_384)
+def cached_next_fire(schedule: CronSchedule, after: datetime) -> datetime | None:
+    """:func:`next_fire`, remembered: schedules sharing an expression share their ticks."""
+    return next_fire(schedule, after)
+
+
 def next_fire(schedule: CronSchedule, after: datetime) -> datetime | None:
     """The first fire time strictly after the aware datetime ``after``, in UTC.
 

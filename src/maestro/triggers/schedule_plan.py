@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from maestro.triggers.cron import CronSchedule, next_fire
+from maestro.triggers.cron import CronSchedule, cached_next_fire
 
 # How many overdue ticks one plan walks through. A per-second schedule that was down for a
 # day has 86,400 of them; walking them all would stall the runner, so past this many the
@@ -88,7 +88,7 @@ def plan_due(state: ScheduleState, now: datetime) -> Plan:
             plan.truncated = True
             while due:
                 plan._miss(due.popleft())
-            tick = next_fire(state.schedule, now)
+            tick = cached_next_fire(state.schedule, now)
             break
         if tick < cutoff:
             plan._miss(tick)
@@ -96,7 +96,7 @@ def plan_due(state: ScheduleState, now: datetime) -> Plan:
             due.append(tick)
             if len(due) > state.max_catchup_runs + 1:
                 plan._miss(due.popleft())
-        tick = next_fire(state.schedule, tick)
+        tick = cached_next_fire(state.schedule, tick)
     plan.next_run_at = tick
 
     running = state.previous_running

@@ -102,7 +102,7 @@ class ScheduleRunner:
             self._pool, self._templates, self._clock, tenant=tenant, dry_run=dry_run
         )
         if not dry_run:
-            _observe(report.outcome)
+            _observe(report.outcome, self._clock())
         return report
 
     async def run_due(self, now: datetime | None = None) -> Outcome:
@@ -116,7 +116,7 @@ class ScheduleRunner:
                 if not rows:
                     break
                 outcome = await process_schedules(conn, rows, at, self._templates, self._clock)
-            _observe(outcome)
+            _observe(outcome, self._clock())  # after commit: when workers can see the ticks
             total.add(outcome)
             if len(rows) < size:
                 break
@@ -161,8 +161,8 @@ class ScheduleRunner:
         self._wake.set()
 
 
-def _observe(outcome: Outcome) -> None:
+def _observe(outcome: Outcome, committed_at: datetime) -> None:
     for result, count in outcome.ticks.items():
         SCHEDULE_TRIGGERS.labels(result=result.value).inc(count)
-    for skew in outcome.skews:
-        SCHEDULE_SKEW.observe(max(skew, 0.0))
+    for nominal in outcome.enqueued:
+        SCHEDULE_SKEW.observe(max((committed_at - nominal).total_seconds(), 0.0))

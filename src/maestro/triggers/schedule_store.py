@@ -24,7 +24,13 @@ import structlog
 from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import compile_definition_data
-from maestro.triggers.cron import CronError, TimezoneError, next_fire, parse_schedule, spec_hash
+from maestro.triggers.cron import (
+    CronError,
+    TimezoneError,
+    cached_next_fire,
+    cached_schedule,
+    spec_hash,
+)
 from maestro.triggers.schedule_plan import (
     OverlapPolicy,
     ScheduleState,
@@ -59,8 +65,8 @@ def jitter(seconds: int) -> timedelta:
 
 def first_run(expression: str, timezone: str, jitter_seconds: int, now: datetime) -> dict[str, Any]:
     """next_run_at, due_at and spec_hash for a schedule (re)started at ``now``."""
-    schedule = parse_schedule(expression, timezone)
-    nxt = next_fire(schedule, now)
+    schedule = cached_schedule(expression, timezone)
+    nxt = cached_next_fire(schedule, now)
     return {
         "next_run_at": nxt,
         "due_at": due_at(nxt, jitter(jitter_seconds), None, now),
@@ -76,15 +82,15 @@ class Outcome:
     updated: int = 0
     paused: int = 0
     ticks: Counter[TickResult] = field(default_factory=Counter)
-    # Enqueue time minus nominal time of every tick enqueued, in seconds.
-    skews: list[float] = field(default_factory=list)
+    # The nominal time of every tick this batch enqueued (for the skew metric after commit).
+    enqueued: list[datetime] = field(default_factory=list)
 
     def add(self, other: Outcome) -> None:
         self.checked += other.checked
         self.updated += other.updated
         self.paused += other.paused
         self.ticks.update(other.ticks)
-        self.skews.extend(other.skews)
+        self.enqueued.extend(other.enqueued)
 
 
 @dataclass(slots=True)
@@ -204,7 +210,7 @@ async def process_schedules(
         schedule = None
         if reason is None:
             try:
-                schedule = parse_schedule(row["cron"], row["timezone"])
+                schedule = cached_schedule(row["cron"], row["timezone"])
             except (CronError, TimezoneError) as exc:
                 reason = f"invalid_schedule: {exc}; fix cron or timezone with PATCH and resume"
         if reason is not None or schedule is None:
@@ -225,7 +231,7 @@ async def process_schedules(
         current_hash = spec_hash(row["cron"], row["timezone"])
         if row["spec_hash"] != current_hash or row["next_run_at"] is None or row["due_at"] is None:
             # Cron or zone changed behind our back, or a half-written row: start over from now.
-            write.next_run_at = next_fire(schedule, now)
+            write.next_run_at = cached_next_fire(schedule, now)
             write.due_at = due_at(
                 write.next_run_at, jitter(row["jitter_seconds"]), row["buffered_for"], now
             )
@@ -352,7 +358,7 @@ async def _enqueue(
         skew = (enqueued_at - tick).total_seconds()
         if found["created"]:
             outcome.ticks[result] += 1
-            outcome.skews.append(skew)
+            outcome.enqueued.append(tick)
         else:
             outcome.ticks[TickResult.DUPLICATE] += 1
         if result is TickResult.REPLAYED:
