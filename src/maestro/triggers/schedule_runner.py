@@ -118,7 +118,7 @@ class ScheduleRunner:
                 outcome = await process_schedules(conn, rows, at, self._templates, self._clock)
             _observe(outcome, self._clock())  # after commit: when workers can see the ticks
             total.add(outcome)
-            if len(rows) < size:
+            if len(rows) < size or self._stopping.is_set():
                 break
         return total
 

@@ -245,6 +245,8 @@ async def _update(
         if row is None:
             raise not_found("schedule", schedule_id)
         given = changes.model_dump(exclude_none=True)
+        if action != "schedule.update" and row["enabled"] == given["enabled"]:
+            return schedule_json(row, upcoming=True)  # paused or resumed already
         new = {
             "description": given.get("description", row["description"]),
             "cron": " ".join(given.get("cron", row["cron"]).split()),
@@ -301,8 +303,6 @@ async def _update(
             buffered_for,
         )
         assert updated is not None
-        if action != "schedule.update" and row["enabled"] == new["enabled"]:
-            return schedule_json(updated, upcoming=True)  # pause/resume twice: nothing to do
         changed = sorted(to_camel(k) for k in given if new.get(k, given[k]) != row[k])
         await _changed(conn, request, principal, action, updated, {"changed": changed})
     return schedule_json(updated, upcoming=True)
