@@ -43,6 +43,8 @@ bench: install
 	$(UV) run --frozen python bench/engine.py
 	$(UV) run --frozen python bench/http_step.py
 	$(UV) run --frozen python bench/schedules.py
+	$(UV) run --frozen python bench/webhook_verify.py
+	$(UV) run --frozen python bench/webhooks.py
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from maestro.db.pool import connect, create_pool
 from maestro.engine.worker import Worker, WorkerConfig
 from maestro.settings import Settings
 
+WEBHOOK_KEY = "bWFlc3Ryby10ZXN0cy13ZWJob29rLWtleS0zMmJ5dGU="  # base64 of 32 bytes
 JWT_SECRET = "test-secret-" + "x" * 40
 
 
@@ -83,7 +84,11 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(jwt_secret=JWT_SECRET, database_url="postgresql://unused")
+    return Settings(
+        jwt_secret=JWT_SECRET,
+        database_url="postgresql://unused",
+        webhook_encryption_key=WEBHOOK_KEY,
+    )
 
 
 def token(tenant: str = "acme", roles: tuple[str, ...] = ("admin",), sub: str = "tester") -> str:

@@ -24,11 +24,13 @@ from maestro.engine.worker import Worker, WorkerConfig
 from maestro.observability.health_server import serve_health
 from maestro.settings import Settings, SettingsError
 from maestro.triggers.schedule_runner import RunnerConfig, ScheduleRunner
+from maestro.triggers.webhook_secrets import new_encryption_key
 
 log = structlog.get_logger("maestro")
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
+WEBHOOK_KEY_FILE = "webhook-key"
 
 
 class StartupError(Exception):
@@ -52,6 +54,23 @@ def resolve_jwt_secret(settings: Settings, *, generate: bool) -> str:
     path.write_text(secret + "\n", encoding="utf-8")
     path.chmod(0o600)
     return secret
+
+
+def resolve_webhook_key(settings: Settings, *, generate: bool) -> str | None:
+    """The configured webhook encryption key, else the one `up` keeps in the data dir
+    (generated if asked). None: webhooks cannot be created or verified by this process."""
+    if settings.webhook_encryption_key:
+        return settings.webhook_encryption_key
+    path = settings.data_dir / WEBHOOK_KEY_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    if not generate:
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = new_encryption_key()
+    path.write_text(key + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return key
 
 
 @contextlib.contextmanager

@@ -6,14 +6,16 @@ Every secret setting also accepts a ``*_FILE`` variant naming a file that holds 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_SECRET_FIELDS = ("jwt_secret", "database_url", "vault_token")
+_SECRET_FIELDS = ("jwt_secret", "database_url", "vault_token", "webhook_encryption_key")
 
 
 class SettingsError(Exception):
@@ -51,6 +53,89 @@ class Settings(BaseSettings):
     vault_kubernetes_token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
     vault_namespace: str | None = None
     secret_cache_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    # Browser origins, besides the API's own, whose session-cookie writes are accepted (the
+    # CSRF Origin check): comma-separated exact origins such as https://console.example.com.
+    # NoDecode: the variable is a plain list, not the JSON pydantic-settings expects.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _exact_origins(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return items  # pydantic reports the type
+        origins = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            # Browsers send an origin without path, query or trailing slash; one written with
+            # them would never match, so refuse it instead of silently allowing nothing.
+            try:
+                parts = urlsplit(item)
+                ok = (
+                    parts.scheme in ("http", "https")
+                    and bool(parts.hostname)
+                    and parts.port != 0
+                    and parts.username is None
+                    and not parts.path
+                    and not {"?", "#", "*"} & set(item)  # exact origins, no wildcards
+                )
+            except ValueError:  # e.g. a port that is not a number
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{item!r} is not an origin; write scheme://host[:port] with http or https "
+                    "and no path, trailing slash or wildcard, e.g. https://console.example.com"
+                )
+            origins.append(item)
+        return tuple(origins)
+
+    # Webhooks: the AES-256-GCM key their signing secrets are stored under (base64 of 32
+    # bytes; `up` generates one in the data dir), the proxies whose X-Forwarded-For is
+    # believed (comma-separated CIDRs), the largest delivery body, and the base URL shown in
+    # a webhook's `url` (default: the URL the request came in on).
+    webhook_encryption_key: str | None = None
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    webhook_maintenance_seconds: float = Field(default=30.0, gt=0, le=3600)
+    public_url: str | None = None
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return items
+        networks = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"
+                ) from None
+        return tuple(networks)
+
+    @field_validator("webhook_encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from maestro.triggers.webhook_secrets import parse_encryption_key
+
+            parse_encryption_key(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError("must be an absolute http(s) URL such as https://maestro.example.com")
+        return value.rstrip("/")
 
     @model_validator(mode="before")
     @classmethod

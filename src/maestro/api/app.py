@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
+from maestro.api.client_ip import parse_networks
 from maestro.api.errors import install_error_handlers
 from maestro.api.middleware import RequestContextMiddleware
 from maestro.api.routers import (
@@ -19,13 +22,20 @@ from maestro.api.routers import (
     health,
     human_tasks,
     schedules,
+    session,
+    webhook_deliveries,
+    webhooks,
     workflows,
 )
 from maestro.connectors.registry import connector_resources, step_handlers
 from maestro.db.queries import sql
 from maestro.engine.compiled import WorkflowCache
+from maestro.governance.audit import AuditBuffer
+from maestro.qos import TokenBuckets
 from maestro.settings import Settings
 from maestro.triggers.schedule_store import Clock, TemplateCache, wall_clock
+from maestro.triggers.webhook_maintenance import maintain_webhooks
+from maestro.triggers.webhook_secrets import SecretBox, parse_encryption_key
 
 
 def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock) -> FastAPI:
@@ -51,9 +61,25 @@ def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock
         resources = connector_resources(pool, settings)
         app.state.connector_resources = resources
         app.state.step_handlers = step_handlers(resources)
+        # Webhooks: secrets at rest, the source-address rule, per-endpoint limits, and the
+        # batched audit of rejected deliveries.
+        key = settings.webhook_encryption_key
+        app.state.secret_box = SecretBox(parse_encryption_key(key)) if key else None
+        app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+        app.state.webhook_buckets = TokenBuckets()
+        app.state.audit_buffer = AuditBuffer(pool)
+        app.state.audit_buffer.start()
+        upkeep = asyncio.create_task(
+            maintain_webhooks(pool, clock, settings.webhook_maintenance_seconds),
+            name="maestro-webhook-upkeep",
+        )
         try:
             yield
         finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            await app.state.audit_buffer.aclose()
             await resources.aclose()
 
     app = FastAPI(
@@ -64,6 +90,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock
     )
     install_error_handlers(app)
     for module in (
+        webhook_deliveries,  # first: the hot, unauthenticated path matches without a scan
         health,
         workflows,
         executions,
@@ -72,6 +99,8 @@ def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock
         connections,
         api_keys,
         schedules,
+        session,
+        webhooks,
     ):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("maestro.api")
 
+# Webhook deliveries (api/routers/webhook_deliveries.py) enforce their own body limit.
+WEBHOOK_DELIVERY_PREFIX = "/api/webhooks/workflow/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -60,9 +62,15 @@ class RequestContextMiddleware:
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
-        limit = self.max_body_bytes
+        # Webhook deliveries check their own limit, after the endpoint and source checks.
+        limit = None if scope["path"].startswith(WEBHOOK_DELIVERY_PREFIX) else self.max_body_bytes
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if (
+            limit is not None
+            and declared is not None
+            and declared.isdigit()
+            and int(declared) > limit
+        ):
             await self._too_large(send_with_headers, limit)
             return
         received = 0
@@ -72,15 +80,15 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if limit is not None and received > limit:
                     raise _BodyTooLarge(limit)
             return message
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
+        except _BodyTooLarge as exc:
             if "status" not in status_holder:
-                await self._too_large(send_with_headers, limit)
+                await self._too_large(send_with_headers, exc.limit)
         except Exception:
             # Starlette's outermost error middleware logs the exception and would answer
             # without our headers; answer here so the 500 carries the request id too.
@@ -134,3 +142,4 @@ class _BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, _too_large_detail(limit))
+        self.limit = limit

@@ -20,12 +20,21 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query (advisory unlock, CLOSE ALL, UNLISTEN,
+    RESET ALL): one round trip per release, for state our pooled connections never have.
+    Session-level LISTEN, advisory locks and SET live on dedicated connections (workers,
+    runners, migrations); pooled code uses SET LOCAL only. asyncpg still rolls back a
+    transaction left open and drops listeners before calling this."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_keep_session,
         server_settings={"application_name": "maestro"},
     )
     assert pool is not None

@@ -26,6 +26,35 @@ SCHEDULE_LAG = Gauge(
     "How overdue the most overdue enabled schedule is (0 when none is overdue).",
 )
 
+WEBHOOK_RESULTS = (
+    "accepted",
+    "duplicate",
+    "webhook_id_reused",
+    "unknown_endpoint",
+    "ip_not_allowed",
+    "payload_too_large",
+    "rate_limited",
+    "missing_signature",
+    "timestamp_out_of_window",
+    "invalid_signature",
+)
+WEBHOOK_REQUESTS = Counter(
+    "maestro_webhook_requests_total",
+    "Inbound webhook deliveries by result: accepted, duplicate, or the rejection code.",
+    ["result"],
+)
+for _result in WEBHOOK_RESULTS:
+    WEBHOOK_REQUESTS.labels(result=_result)
+WEBHOOK_VERIFY = Histogram(
+    "maestro_webhook_verify_seconds",
+    "Time to check a delivery's timestamp and signatures.",
+    buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3),
+)
+AUDIT_DROPPED = Counter(
+    "maestro_audit_dropped_total",
+    "Background audit entries dropped because too many were waiting to be written.",
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text of every metric of this process and its content type."""

@@ -1,0 +1,1 @@
+"""Audit, and later policy, provenance and retention (DESIGN §6)."""
