@@ -5,7 +5,7 @@ export UV_SYSTEM_CERTS ?= 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
-.PHONY: up test test-live check lint typecheck bench install clean
+.PHONY: up test test-live check lint typecheck bench bench-peers install clean
 
 # uv comes from PyPI into .tools/ (a venv, or pip --target where venv is unavailable).
 .tools/bin/uv:
@@ -46,5 +46,14 @@ bench: install
 	$(UV) run --frozen python bench/webhook_verify.py
 	$(UV) run --frozen python bench/webhooks.py
 
+# Maestro against Procrastinate, pgqueuer, Celery and Prefect (docs/PERFORMANCE.md). The peers
+# go into their own environment, bench/peers/.venv, never into the project's. Needs the local
+# PostgreSQL and Redis. BENCH_PEERS_ARGS="--quick" for a smoke run, "--rounds 5" for more.
+PEERS_VENV := bench/peers/.venv
+bench-peers: install
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(PEERS_VENV)
+	$(UV) pip install --quiet --python $(PEERS_VENV)/bin/python -r bench/peers/requirements.txt
+	MAESTRO_PYTHON="$(UV) run --frozen python" $(PEERS_VENV)/bin/python bench/peers/run.py $(BENCH_PEERS_ARGS)
+
 clean:
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache bench/peers/.venv

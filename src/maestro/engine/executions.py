@@ -31,6 +31,22 @@ class Enqueued:
     created: bool
 
 
+def step_template(workflow: CompiledWorkflow) -> list[dict[str, Any]]:
+    """The step runs of a new execution of ``workflow``, as the SQL functions
+    maestro_create_execution and maestro_enqueue_executions take them."""
+    return [
+        {
+            "id": s.id,
+            "type": s.type,
+            "dependents": list(s.dependents),
+            "needs": len(s.needs),
+            "leaf": s.is_leaf,
+            "maxAttempts": s.max_attempts,
+        }
+        for s in (workflow.steps[sid] for sid in workflow.order)
+    ]
+
+
 def request_hash(workflow_id: uuid.UUID, body: Any) -> str:
     canonical = orjson.dumps(
         {"workflowId": str(workflow_id), "body": body}, option=orjson.OPT_SORT_KEYS
@@ -53,6 +69,22 @@ async def create_execution(
 ) -> Enqueued:
     """Create an execution with its step runs; the caller must not be in a transaction."""
     execution_id = uuid.uuid4()
+    if idempotency_key is None:
+        # The common case in one round trip (key, execution, step runs, log line, NOTIFY).
+        await conn.fetchrow(
+            sql("create_execution"),
+            tenant,
+            execution_id,
+            workflow_id,
+            version,
+            trigger,
+            input,
+            None,
+            None,
+            correlation_id,
+            step_template(workflow),
+        )
+        return Enqueued(execution_id, "queued", created=True)
     async with conn.transaction():
         if idempotency_key is not None:
             assert body_hash is not None

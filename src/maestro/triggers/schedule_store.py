@@ -24,6 +24,7 @@ import structlog
 from maestro.db.pool import Conn
 from maestro.db.queries import sql
 from maestro.engine.compiled import compile_definition_data
+from maestro.engine.executions import step_template
 from maestro.triggers.cron import (
     CronError,
     TimezoneError,
@@ -154,19 +155,7 @@ class TemplateCache:
             self._entries.move_to_end(key)
             return found
         definition = await conn.fetchval(sql("load_version"), tenant, workflow_id, version)
-        compiled = compile_definition_data(definition)
-        steps = [compiled.steps[sid] for sid in compiled.order]
-        template = [
-            {
-                "id": s.id,
-                "type": s.type,
-                "dependents": list(s.dependents),
-                "needs": len(s.needs),
-                "leaf": s.is_leaf,
-                "maxAttempts": s.max_attempts,
-            }
-            for s in steps
-        ]
+        template = step_template(compile_definition_data(definition))
         self._entries[key] = template
         if len(self._entries) > self._max:
             self._entries.popitem(last=False)

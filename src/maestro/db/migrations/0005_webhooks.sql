@@ -52,8 +52,8 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_expiry ON webhook_deliveries (expires_at);
 
--- Create one execution in one round trip: its idempotency key (a key seen before returns the
--- execution it names, created = false), the execution, its step runs (p_steps as in
+-- Create one execution in one round trip: its idempotency key when p_key is not NULL (a key
+-- seen before returns the execution it names, created = false), the execution, its step runs (p_steps as in
 -- maestro_enqueue_executions), the log line and the NOTIFY. The single-row sibling of
 -- maestro_enqueue_executions, about twice as fast for one execution.
 CREATE FUNCTION maestro_create_execution(
@@ -64,10 +64,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_won boolean;
 BEGIN
-    INSERT INTO execution_idempotency_keys AS k (tenant_id, key, request_hash, execution_id)
-    VALUES (p_tenant, p_key, p_hash, p_id)
-    ON CONFLICT DO NOTHING
-    RETURNING true INTO v_won;
+    IF p_key IS NOT NULL THEN
+        INSERT INTO execution_idempotency_keys AS k (tenant_id, key, request_hash, execution_id)
+        VALUES (p_tenant, p_key, p_hash, p_id)
+        ON CONFLICT DO NOTHING
+        RETURNING true INTO v_won;
+    ELSE
+        v_won := true;  -- no key: nothing to deduplicate
+    END IF;
     IF v_won IS NULL THEN
         RETURN QUERY SELECT k.execution_id, false FROM execution_idempotency_keys k
                       WHERE k.tenant_id = p_tenant AND k.key = p_key;

@@ -67,3 +67,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 
 -- name: notify_steps
 SELECT pg_notify('maestro_steps', '')
+
+-- name: create_execution
+SELECT * FROM maestro_create_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
