@@ -78,10 +78,14 @@ def _fmt(x: float, unit: str) -> str:
     return f"{x:,.0f}"
 
 
-def cell(values: dict[int, float], unit: str, missing: str | None) -> str:
+def cell(values: dict[int, float], unit: str, missing: str | None, notes: list[str]) -> str:
     s = summary(values)
     if s is None:
-        return f"n/a ({missing})" if missing else "n/a"
+        if not missing:
+            return "n/a"
+        if missing not in notes:
+            notes.append(missing)
+        return f"n/a [{notes.index(missing) + 1}]"
     med, lo, hi = s
     if len(values) == 1:
         return _fmt(med, unit)
@@ -138,14 +142,20 @@ def markdown(raw: dict[str, Any]) -> str:
         "| measure | " + " | ".join(NAMES.get(s, s) for s in systems) + " |",
         "|---|" + "---|" * len(systems),
     ]
+    notes: list[str] = []
     for label, workload, metric, unit, _ in METRICS:
         cells = [
-            cell(per_round(raw, s, workload, metric), unit, why_not(raw, s, workload))
+            cell(per_round(raw, s, workload, metric), unit, why_not(raw, s, workload), notes)
             for s in systems
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    ratio_cells = [cell(backlog_ratio(raw, s), "%", why_not(raw, s, "backlog")) for s in systems]
+    ratio_cells = [
+        cell(backlog_ratio(raw, s), "%", why_not(raw, s, "backlog"), notes) for s in systems
+    ]
     lines.append("| (4) backlog ÷ (1) | " + " | ".join(ratio_cells) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
     lines += [
         "",
         "Maestro's advantage over each peer, round by round (× median (min–max); above 1 "
@@ -175,7 +185,7 @@ def chart(raw: dict[str, Any], path: Path) -> None:
     systems = systems_of(raw)
     panels = [
         ("Throughput (jobs/s, higher is better)", "throughput", "jobs_per_s", False),
-        ("Enqueue → start, p50 (ms, lower is better)", "latency", "p50", True),
+        ("Enqueue → start, p50 (ms, lower is better)", "latency", "p50", False),
         ("40-step chain (s, lower is better)", "chain", "chain_s", True),
         ("Throughput with 100k queued (% of empty-queue)", "backlog", "ratio", False),
     ]
@@ -204,9 +214,10 @@ def chart(raw: dict[str, Any], path: Path) -> None:
         ax.set_title(title, fontsize=11)
         if log and any(meds):
             ax.set_yscale("log")
+        floor = ax.get_ylim()[0]
         for i, (s, v) in enumerate(zip(systems, meds, strict=True)):
             if v == 0:
-                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=9, color="#555")
+                ax.text(i, floor, "n/a", ha="center", va="bottom", fontsize=9, color="#555")
             else:
                 label = f"{v:,.0f}" if v >= 100 else (f"{v:.1f}" if v >= 1 else f"{v:.2f}")
                 ax.text(i, v, label, ha="center", va="bottom", fontsize=9)

@@ -200,7 +200,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 round: a smoke test")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--concurrency", type=int, default=64)
+    # 32: Procrastinate's documented pool (concurrency + 1 connections per worker) must fit
+    # PostgreSQL's default 100 connections next to everyone else's.
+    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument(
