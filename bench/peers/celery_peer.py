@@ -1,6 +1,6 @@
 """Celery peer of the peer benchmark (bench/peers/run.py): Celery 5.7 on its Redis broker.
 
-`/tmp/peers-venv/bin/python bench/peers/celery_peer.py <workload> --redis URL [options]`; one
+`bench/peers/.venv/bin/python bench/peers/celery_peer.py <workload> --redis URL [options]`; one
 JSON line at the end (the contract and the workloads are in bench/peers/run.py). The app and
 its tasks are in celery_peer_app.py, which every worker process imports.
 

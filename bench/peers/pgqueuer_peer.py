@@ -1,6 +1,6 @@
 """pgqueuer's side of the peer benchmark (bench/peers/run.py).
 
-`/tmp/peers-venv/bin/python bench/peers/pgqueuer_peer.py <workload> [options]`, one JSON line at
+`bench/peers/.venv/bin/python bench/peers/pgqueuer_peer.py <workload> [options]`, one JSON line at
 the end. pgqueuer 1.6.0 is a PostgreSQL job queue on asyncpg: a trigger NOTIFYs on every change
 to the `pgqueuer` table, workers wake on it and claim jobs in batches with one
 `UPDATE … FOR UPDATE SKIP LOCKED` statement.

@@ -2,7 +2,7 @@
 
 Run with the peers' interpreter, never the project's::
 
-    /tmp/peers-venv/bin/python bench/peers/prefect_peer.py chain --dsn URL \
+    bench/peers/.venv/bin/python bench/peers/prefect_peer.py chain --dsn URL \
         [--chain-length 40] [--runs 5] [--timeout 600]
 
 What it measures
