@@ -30,10 +30,11 @@ from maestro.api.routers import (
 from maestro.connectors.registry import connector_resources, step_handlers
 from maestro.db.queries import sql
 from maestro.engine.compiled import WorkflowCache
+from maestro.engine.executions import TemplateCache
 from maestro.governance.audit import AuditBuffer
 from maestro.qos import TokenBuckets
 from maestro.settings import Settings
-from maestro.triggers.schedule_store import Clock, TemplateCache, wall_clock
+from maestro.triggers.schedule_store import Clock, wall_clock
 from maestro.triggers.webhook_maintenance import maintain_webhooks
 from maestro.triggers.webhook_secrets import SecretBox, parse_encryption_key
 
@@ -55,7 +56,8 @@ def create_app(settings: Settings, pool: asyncpg.Pool, clock: Clock = wall_clock
         app.state.pool = pool
         app.state.known_tenants = set()
         app.state.compiled = WorkflowCache(load_version)
-        app.state.schedule_templates = TemplateCache()
+        # Step templates of workflow versions, for schedules' and webhooks' executions.
+        app.state.step_templates = TemplateCache()
         app.state.clock = clock
         # For POST /api/connections/{name}/test: the same connectors the workers run.
         resources = connector_resources(pool, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import orjson
 
 from maestro.db.pool import Conn
 from maestro.db.queries import sql
-from maestro.engine.compiled import CompiledWorkflow
+from maestro.engine.compiled import CompiledWorkflow, compile_definition_data
 
 _SEP = "\x1f"
 
@@ -133,3 +134,28 @@ async def create_execution(
         )
         await conn.execute(sql("notify_steps"))
     return Enqueued(execution_id, "queued", created=True)
+
+
+class TemplateCache:
+    """The step template (:func:`step_template`) of each workflow version, for the bulk and
+    single-row creation functions. Versions are immutable, so entries never go stale. Loaded on
+    the caller's connection, so that a caller inside a transaction never waits on the pool."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._entries: OrderedDict[tuple[str, uuid.UUID, int], list[dict[str, Any]]] = OrderedDict()
+        self._max = max_entries
+
+    async def get(
+        self, conn: Conn, tenant: str, workflow_id: uuid.UUID, version: int
+    ) -> list[dict[str, Any]]:
+        key = (tenant, workflow_id, version)
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        definition = await conn.fetchval(sql("load_version"), tenant, workflow_id, version)
+        template = step_template(compile_definition_data(definition))
+        self._entries[key] = template
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return template

@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 
 from maestro.db.queries import sql
+from maestro.engine.executions import TemplateCache
 from maestro.triggers.schedule_plan import TickResult
 from maestro.triggers.schedule_store import (
     SCHEDULER_ACTOR,
     Clock,
     Outcome,
-    TemplateCache,
     process_schedules,
 )
 

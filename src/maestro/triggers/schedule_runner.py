@@ -19,12 +19,12 @@ import asyncpg
 import structlog
 
 from maestro.db.queries import sql
+from maestro.engine.executions import TemplateCache
 from maestro.observability.metrics import SCHEDULE_LAG, SCHEDULE_SKEW, SCHEDULE_TRIGGERS
 from maestro.triggers.reconcile import ReconcileReport, reconcile
 from maestro.triggers.schedule_store import (
     Clock,
     Outcome,
-    TemplateCache,
     process_schedules,
     wall_clock,
 )

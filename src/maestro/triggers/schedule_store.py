@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,8 +23,7 @@ import structlog
 
 from maestro.db.pool import Conn
 from maestro.db.queries import sql
-from maestro.engine.compiled import compile_definition_data
-from maestro.engine.executions import step_template
+from maestro.engine.executions import TemplateCache
 from maestro.triggers.cron import (
     CronError,
     TimezoneError,
@@ -110,6 +109,7 @@ class _Write:
     last_scheduled_for: datetime | None = None
     last_execution_id: uuid.UUID | None = None
     last_skew_ms: float | None = None
+    last_run_at: datetime | None = None
 
     @classmethod
     def unchanged(cls, row: asyncpg.Record) -> _Write:
@@ -136,30 +136,6 @@ class _Audit:
         self.actions.append(action)
         self.ids.append(str(row["id"]))
         self.details.append(details)
-
-
-class TemplateCache:
-    """The step rows of each workflow version, as maestro_enqueue_executions wants them.
-    Versions are immutable, so entries never go stale; loaded on the caller's connection."""
-
-    def __init__(self, max_entries: int = 1024) -> None:
-        self._entries: OrderedDict[tuple[str, uuid.UUID, int], list[dict[str, Any]]] = OrderedDict()
-        self._max = max_entries
-
-    async def get(
-        self, conn: Conn, tenant: str, workflow_id: uuid.UUID, version: int
-    ) -> list[dict[str, Any]]:
-        key = (tenant, workflow_id, version)
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found
-        definition = await conn.fetchval(sql("load_version"), tenant, workflow_id, version)
-        template = step_template(compile_definition_data(definition))
-        self._entries[key] = template
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-        return template
 
 
 def _pause_reason(row: asyncpg.Record) -> str | None:
@@ -358,6 +334,7 @@ async def _enqueue(
             )
         write.last_scheduled_for = tick
         write.last_skew_ms = round(skew * 1000, 3)
+        write.last_run_at = enqueued_at
         if found["execution_id"] is not None:
             write.last_execution_id = found["execution_id"]
 
@@ -374,15 +351,9 @@ async def _save(conn: Conn, writes: list[_Write]) -> None:
         [w.enabled for w in writes],
         [w.paused_reason for w in writes],
         [w.last_scheduled_for for w in writes],
-        [_run_at(w) for w in writes],
+        [w.last_run_at for w in writes],
         [w.last_skew_ms for w in writes],
         [w.last_execution_id for w in writes],
         [w.missed for w in writes],
         [w.skipped for w in writes],
     )
-
-
-def _run_at(write: _Write) -> datetime | None:
-    if write.last_scheduled_for is None or write.last_skew_ms is None:
-        return None
-    return write.last_scheduled_for + timedelta(milliseconds=write.last_skew_ms)

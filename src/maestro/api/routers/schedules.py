@@ -131,9 +131,7 @@ async def create_schedule(
     _parsed(body.cron, body.timezone)
     schedule_id = uuid.uuid4()
     async with pool(request).acquire() as conn, conn.transaction():
-        workflow = await conn.fetchrow(
-            sql("workflow_for_schedule"), principal.tenant, body.workflow_id
-        )
+        workflow = await conn.fetchrow(sql("workflow_status"), principal.tenant, body.workflow_id)
         _runnable(workflow, body.workflow_id)
         run: dict[str, Any] = {"next_run_at": None, "due_at": None, "spec_hash": None}
         if body.enabled:
@@ -206,7 +204,7 @@ async def reconcile_schedules(
     authorize(principal, Action.OPERATE)
     report = await reconcile(
         pool(request),
-        request.app.state.schedule_templates,
+        request.app.state.step_templates,
         request.app.state.clock,
         tenant=principal.tenant,
         dry_run=dry_run,

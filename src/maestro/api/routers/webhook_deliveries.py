@@ -283,7 +283,7 @@ async def _accept(
     expires_at = max(window_end, now + timedelta(seconds=row["tolerance_seconds"])) + NONCE_MARGIN
     execution_id = uuid.uuid4()
     async with state.pool.acquire() as conn:
-        template = await state.schedule_templates.get(
+        template = await state.step_templates.get(
             conn, tenant, row["workflow_id"], row["latest_version"]
         )
         found = await conn.fetchrow(

@@ -74,7 +74,7 @@ async def create_webhook(
     webhook_id = uuid.uuid4()
     secret = new_secret()
     async with pool(request).acquire() as conn, conn.transaction():
-        workflow = await conn.fetchrow(sql("workflow_for_schedule"), principal.tenant, wid)
+        workflow = await conn.fetchrow(sql("workflow_status"), principal.tenant, wid)
         if workflow is None:
             raise not_found("workflow", workflow_id)
         if workflow["status"] == "archived":
@@ -122,7 +122,7 @@ async def list_webhooks(
     authorize(principal, Action.READ)
     wid = parse_uuid(workflow_id, "workflow")
     async with pool(request).acquire() as conn:
-        if await conn.fetchrow(sql("workflow_for_schedule"), principal.tenant, wid) is None:
+        if await conn.fetchrow(sql("workflow_status"), principal.tenant, wid) is None:
             raise not_found("workflow", workflow_id)
         rows = await conn.fetch(sql("list_webhooks"), principal.tenant, wid)
     return {"items": [webhook_json(request, r) for r in rows]}

@@ -159,3 +159,11 @@ RETURNING *
 
 -- name: delete_connection
 DELETE FROM connections WHERE tenant_id = $1 AND name = $2 RETURNING name
+
+-- name: insert_audit_many
+INSERT INTO audit_log (tenant_id, actor, action, resource_type, resource_id, details, request_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                     $7::text[])
+
+-- name: workflow_status
+SELECT id, status, latest_version FROM workflows WHERE tenant_id = $1 AND id = $2

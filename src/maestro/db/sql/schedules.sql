@@ -92,13 +92,5 @@ UPDATE scheduled_workflows s
             missed, skipped)
  WHERE s.tenant_id = u.tenant_id AND s.id = u.id
 
--- name: insert_audit_many
-INSERT INTO audit_log (tenant_id, actor, action, resource_type, resource_id, details, request_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                     $7::text[])
-
 -- name: earliest_due_schedule
 SELECT min(due_at) FROM scheduled_workflows WHERE enabled
-
--- name: workflow_for_schedule
-SELECT id, status, latest_version FROM workflows WHERE tenant_id = $1 AND id = $2
